@@ -1,0 +1,5 @@
+from keras_d2v2.layers.contextualized_targets import ContextualizedTargets
+from keras_d2v2.layers.conv_decoder import ConvDecoder2D
+from keras_d2v2.layers.inverse_block_masking import InverseBlockMasking, mask_info
+from keras_d2v2.layers.patch_embedding import PatchEmbedding, sincos_positions_2d
+from keras_d2v2.layers.transformer_block import TransformerBlock

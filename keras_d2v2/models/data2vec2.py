@@ -1,0 +1,310 @@
+"""`Data2Vec2`: the data2vec 2.0 pre-training model with its EMA teacher inside the training step."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_d2v2.layers.contextualized_targets import ContextualizedTargets
+from keras_d2v2.layers.conv_decoder import ConvDecoder2D
+from keras_d2v2.layers.inverse_block_masking import InverseBlockMasking, mask_info
+from keras_d2v2.metrics import LastValue
+from keras_d2v2.models.image_encoder import ImageEncoder
+
+
+def gather_tokens(x, ids):
+    """`x[n, ids[n, k]]` for `x` of shape (N, T, D) and `ids` of shape (N, K)."""
+    ids = ops.broadcast_to(ops.expand_dims(ids, -1), (ops.shape(ids)[0], ops.shape(ids)[1], x.shape[-1]))
+    return ops.take_along_axis(x, ids, axis=1)
+
+
+def masked_std(y, weights):
+    """Per-dimension (unbiased) std of the rows of `y` (N, T, D) where `weights` (N, T) is 1, averaged."""
+    count = ops.sum(weights)
+    w = weights[..., None]
+    mean = ops.sum(y * w, axis=(0, 1)) / count
+    var = ops.sum(ops.square(y - mean) * w, axis=(0, 1)) / (count - 1.0)
+    return ops.mean(ops.sqrt(var + 1e-6))
+
+
+def _deserialize(obj):
+    return keras.saving.deserialize_keras_object(obj) if isinstance(obj, dict) else obj
+
+
+@keras.saving.register_keras_serializable(package="keras_d2v2")
+class Data2Vec2(keras.Model):
+    """data2vec 2.0 pre-training: multi-mask student, conv decoder, EMA teacher, contextualized targets.
+
+    `call()` runs the student: it embeds the images once, repeats them `clone_batch` times,
+    masks each copy independently, encodes only the visible tokens, fills the masked slots with
+    `N(0, mask_noise_std**2)` noise and decodes every position. `compute_loss()` runs the rest of
+    the reference's step: the EMA update of the teacher (the decayed average of the student's
+    post-update weights, applied once per optimizer step), the teacher on the unmasked images once
+    per sample, the contextualized targets, and the loss. So `fit()`, `steps_per_execution`,
+    mixed precision and `keras.distribution` work unchanged on TensorFlow, JAX and PyTorch.
+
+    Loss, as the reference scales it: the squared error summed over features and masked positions
+    of every clone, times `loss_scale` (1/sqrt(D) when None), divided by the number of masked
+    positions; plus the CLS term `cls_loss_weight * loss_scale * sum((cls - mean_T(y))**2)` summed
+    (not averaged) over the `B * clone_batch` clones in the batch. That CLS weighting grows with
+    the batch, as in the reference (its weight relative to a token is `cls_loss_weight * B * M`);
+    keep it in mind when changing the per-device batch.
+
+    Inputs: images `(B, H, W, C)` float, or a dict with `"images"`, an optional precomputed
+    `"mask"` `(B * clone_batch, T)` (1 = masked, exactly `masking.num_visible(T)` zeros per row,
+    clones of a sample adjacent) and an optional `"mask_noise"` `(B * clone_batch, T_masked, D)`
+    to reproduce a reference run. Labels, if the dataset has them, are ignored.
+
+    Args:
+        encoder: `ImageEncoder`, the student; the teacher is a copy of it.
+        decoder: `ConvDecoder2D`.
+        masking: `InverseBlockMasking` (its `clone_batch` is the number of masks per sample).
+        targets: `ContextualizedTargets`; `top_k` must not exceed `encoder.depth`.
+        mask_noise_std: float, std of the noise placed in masked slots of the decoder input.
+        loss_scale: float or None; None means 1/sqrt(embed_dim).
+        cls_loss_weight: float, weight of the CLS regression (0 turns it off).
+        ema_decay, ema_end_decay, ema_anneal_end_step: the teacher's decay rises linearly from
+            `ema_decay` to `ema_end_decay` over `ema_anneal_end_step` updates; a decay of 1 freezes it.
+        min_target_var, min_pred_var, collapse_check_after: collapse guard; after
+            `collapse_check_after` updates training stops when the target (prediction) std falls
+            below `min_target_var` (`min_pred_var`); 0 disables a check.
+        seed: int or None, seed of the mask-noise generator.
+
+    Example:
+    >>> model = Data2Vec2.image(preset="tiny_test")
+    >>> model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.05))
+    >>> model.fit(np.random.rand(8, 32, 32, 3).astype("float32"), batch_size=4, epochs=1)
+    """
+
+    def __init__(
+        self,
+        *,
+        encoder,
+        decoder,
+        masking,
+        targets,
+        mask_noise_std=0.01,
+        loss_scale=None,
+        cls_loss_weight=0.01,
+        ema_decay=0.9998,
+        ema_end_decay=0.99999,
+        ema_anneal_end_step=100_000,
+        min_target_var=0.0,
+        min_pred_var=0.0,
+        collapse_check_after=5000,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.encoder = _deserialize(encoder)
+        self.decoder = _deserialize(decoder)
+        self.masking = _deserialize(masking)
+        self.targets = _deserialize(targets)
+        if self.targets.top_k > self.encoder.depth:
+            raise ValueError(
+                f"`targets.top_k` ({self.targets.top_k}) is larger than `encoder.depth` ({self.encoder.depth}): "
+                "only main blocks give targets."
+            )
+        if not 0.0 <= ema_decay <= 1.0 or not 0.0 <= ema_end_decay <= 1.0:
+            raise ValueError(f"EMA decays must be in [0, 1], got {ema_decay} and {ema_end_decay}.")
+        self.mask_noise_std = mask_noise_std
+        self.loss_scale = loss_scale
+        self.cls_loss_weight = cls_loss_weight
+        self.min_target_var = min_target_var
+        self.min_pred_var = min_pred_var
+        self.collapse_check_after = collapse_check_after
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self._ema_defaults = (ema_decay, ema_end_decay, ema_anneal_end_step)
+
+        self.num_tokens = self.encoder.num_patches
+        self.num_visible = self.masking.num_visible(self.num_tokens)
+        self.masking.grid_side(self.num_tokens)
+        self.embed_dim = self.encoder.embed_dim
+
+        self.teacher = self.encoder.__class__.from_config({**self.encoder.get_config(), "name": "teacher"})
+        image_shape = (None, self.encoder.image_size, self.encoder.image_size, self.encoder.channels)
+        self.encoder.build(image_shape)
+        self.teacher.build(image_shape)
+        self.decoder.build((None, self.num_tokens, self.embed_dim))
+        # After build: sublayers made in build() would otherwise come out trainable.
+        self.teacher.trainable = False
+        self.teacher.set_weights(self.encoder.get_weights())
+
+        def state(name, value, dtype):
+            return self.add_weight(shape=(), initializer=keras.initializers.Constant(value), dtype=dtype, trainable=False, name=name)
+
+        self.num_updates = state("num_updates", 0, "int32")
+        self.teacher_updates = state("teacher_updates", 0, "int32")
+        self.ema_decay = state("ema_decay", ema_decay, "float32")
+        self.ema_end_decay = state("ema_end_decay", ema_end_decay, "float32")
+        self.ema_anneal_end_step = state("ema_anneal_end_step", ema_anneal_end_step, "float32")
+
+        self.regression_loss_tracker = keras.metrics.Mean(name="regression_loss")
+        self.cls_loss_tracker = keras.metrics.Mean(name="cls_loss")
+        self.target_var_tracker = LastValue(name="target_var")
+        self.pred_var_tracker = LastValue(name="pred_var")
+        self.ema_decay_tracker = LastValue(name="ema_decay")
+        self.built = True
+
+    @classmethod
+    def image(cls, preset=None, **overrides):
+        """An image model from a preset name (see `keras_d2v2.presets`) and/or explicit arguments."""
+        from keras_d2v2.presets import image_model
+
+        return image_model(preset, **overrides)
+
+    # ----------------------------------------------------------------------------------- student
+    def _unpack(self, inputs):
+        if isinstance(inputs, dict):
+            unknown = set(inputs) - {"images", "mask", "mask_noise"}
+            if "images" not in inputs or unknown:
+                raise ValueError(
+                    f"Dict inputs take the keys 'images' (required), 'mask' and 'mask_noise'; got {sorted(inputs)}."
+                )
+            return inputs["images"], inputs.get("mask"), inputs.get("mask_noise")
+        return inputs, None, None
+
+    def _check_mask(self, mask, batch):
+        expected = (None if batch is None else batch * self.masking.clone_batch, self.num_tokens)
+        shape = tuple(mask.shape)
+        if len(shape) != 2 or shape[1] != self.num_tokens or None not in (shape[0], expected[0]) and shape[0] != expected[0]:
+            raise ValueError(
+                f"`mask` must have shape (batch * clone_batch, num_tokens) = {expected}, got {shape}."
+            )
+
+    def call(self, inputs, training=None):
+        images, mask, mask_noise = self._unpack(inputs)
+        tokens = self.encoder.embed(images)
+        if mask is None:
+            mask = self.masking(tokens)
+        else:
+            self._check_mask(mask, images.shape[0])
+            mask = ops.cast(mask, "float32")
+        ids_keep, ids_restore = mask_info(mask, self.num_visible)
+        visible = gather_tokens(ops.repeat(tokens, self.masking.clone_batch, axis=0), ids_keep)
+        hidden, _ = self.encoder.encode(visible, training=training)
+
+        x = hidden
+        if training and self.decoder.input_dropout > 0.0:
+            x = keras.random.dropout(x, self.decoder.input_dropout, seed=self.seed_generator)
+        x = x[:, self.encoder.num_extra_tokens :]
+        num_masked = self.num_tokens - self.num_visible
+        if mask_noise is None:
+            mask_noise = keras.random.normal(
+                (ops.shape(x)[0], num_masked, self.embed_dim), stddev=self.mask_noise_std, seed=self.seed_generator
+            )
+        x = ops.concatenate([x, ops.cast(mask_noise, x.dtype)], axis=1)
+        prediction = self.decoder(gather_tokens(x, ids_restore))
+        return {"prediction": prediction, "cls": hidden[:, 0], "mask": mask}
+
+    # ----------------------------------------------------------------------------------- teacher
+    def _teacher_pairs(self):
+        return list(zip(self.encoder.weights, self.teacher.weights))
+
+    def current_ema_decay(self):
+        """The decay the next teacher update uses (the reference's `get_annealed_rate`)."""
+        step = ops.cast(self.num_updates, "float32")
+        start, end, total = (ops.convert_to_tensor(v) for v in (self.ema_decay, self.ema_end_decay, self.ema_anneal_end_step))
+        annealed = end - (end - start) * (1.0 - step / ops.maximum(total, 1.0))
+        return ops.where(step >= total, end, annealed)
+
+    def _update_teacher(self):
+        """Applies the pending EMA update, if the student has moved since the teacher last saw it."""
+        pending = ops.greater(self.num_updates, self.teacher_updates)
+        decay = self.current_ema_decay()
+        for student, teacher in self._teacher_pairs():
+            current = ops.convert_to_tensor(teacher)
+            source = ops.stop_gradient(ops.convert_to_tensor(student))
+            if student.trainable:
+                source = decay * current + (1.0 - decay) * source
+            teacher.assign(ops.where(pending, source, current))
+        self.teacher_updates.assign(self.num_updates)
+        return decay
+
+    def sync_teacher(self):
+        """Brings the teacher up to date with the last optimizer step (the `EMATeacher` callback
+        calls this when `fit()` ends). Inside the compiled step each update is applied just before
+        the next forward, which is when the reference's teacher is first used."""
+        self._update_teacher()
+
+    def teacher_targets(self, images):
+        """Contextualized targets `(B, T, D)` in float32 from the teacher on unmasked images."""
+        _, ffn_outputs = self.teacher.encode(self.teacher.embed(images), training=False)
+        return ops.stop_gradient(self.targets(ffn_outputs))
+
+    # -------------------------------------------------------------------------------------- loss
+    def loss_terms(self, targets, y_pred):
+        """Returns `(regression, cls)` divided by the number of masked positions, as the reference's
+        trainer scales them, and the masked-position weights."""
+        clones = self.masking.clone_batch
+        scale = self.loss_scale if self.loss_scale is not None else 1.0 / math.sqrt(self.embed_dim)
+        weights = ops.cast(y_pred["mask"], "float32")
+        prediction = ops.cast(y_pred["prediction"], "float32")
+        repeated = ops.repeat(targets, clones, axis=0)
+        sample_size = ops.sum(weights)
+        regression = ops.sum(ops.square(prediction - repeated) * weights[..., None]) * scale / sample_size
+        cls = ops.zeros((), "float32")
+        if self.cls_loss_weight:
+            cls_target = ops.repeat(ops.mean(targets, axis=1), clones, axis=0)
+            cls_error = ops.square(ops.cast(y_pred["cls"], "float32") - cls_target)
+            cls = self.cls_loss_weight * scale * ops.sum(cls_error)
+        return regression, cls, weights, prediction, repeated
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        images, _, _ = self._unpack(x)
+        decay = self._update_teacher() if training else self.current_ema_decay()
+        targets = self.teacher_targets(images)
+        regression, cls, weights, prediction, repeated = self.loss_terms(targets, y_pred)
+        loss = regression + cls
+        if self.losses:
+            loss = loss + ops.sum(self.losses)
+        if training:
+            self.num_updates.assign_add(1)
+        self.regression_loss_tracker.update_state(regression)
+        self.cls_loss_tracker.update_state(cls)
+        self.target_var_tracker.update_state(masked_std(repeated, weights))
+        self.pred_var_tracker.update_state(masked_std(prediction, weights))
+        self.ema_decay_tracker.update_state(decay)
+        return loss
+
+    # ------------------------------------------------------------------------------ keras hooks
+    def compile(self, optimizer="adamw", **kwargs):
+        """As `keras.Model.compile`; like the reference, 1-D weights (biases, LayerNorm) are
+        excluded from the optimizer's weight decay; the CLS token and kernels are decayed."""
+        super().compile(optimizer=optimizer, **kwargs)
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        if getattr(inner, "weight_decay", None):
+            inner.exclude_from_weight_decay(var_list=[v for v in self.trainable_variables if len(v.shape) <= 1])
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """As `keras.Model.fit`; adds `EMATeacher` and `TrainingGuard` with the model's own settings
+        when the caller did not pass them."""
+        from keras_d2v2.callbacks import EMATeacher, TrainingGuard
+
+        callbacks = list(callbacks or [])
+        for kind in (EMATeacher, TrainingGuard):
+            if not any(isinstance(c, kind) for c in callbacks):
+                callbacks.append(kind())
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        decay, end_decay, anneal = self._ema_defaults
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            decoder=keras.saving.serialize_keras_object(self.decoder),
+            masking=keras.saving.serialize_keras_object(self.masking),
+            targets=keras.saving.serialize_keras_object(self.targets),
+            mask_noise_std=self.mask_noise_std,
+            loss_scale=self.loss_scale,
+            cls_loss_weight=self.cls_loss_weight,
+            ema_decay=decay,
+            ema_end_decay=end_decay,
+            ema_anneal_end_step=anneal,
+            min_target_var=self.min_target_var,
+            min_pred_var=self.min_pred_var,
+            collapse_check_after=self.collapse_check_after,
+            seed=self.seed,
+        )
+        return config

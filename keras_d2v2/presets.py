@@ -1,0 +1,94 @@
+"""Named image configurations: the reference's published ones, and tiny ones for tests and CPUs."""
+
+from keras_d2v2.layers.contextualized_targets import ContextualizedTargets
+from keras_d2v2.layers.conv_decoder import ConvDecoder2D
+from keras_d2v2.layers.inverse_block_masking import InverseBlockMasking
+from keras_d2v2.models.data2vec2 import Data2Vec2
+from keras_d2v2.models.image_encoder import ImageEncoder
+
+_IMAGE_COMMON = dict(
+    image_size=224, patch_size=16, channels=3, mlp_ratio=4.0, norm_eps=1e-6,
+    mask_prob=0.8, block_length=3, mask_prob_adjust=0.07, clone_batch=16,
+    decoder_groups=16, decoder_residual=True, decoder_input_dropout=0.0,
+    instance_norm_target_layer=True, layer_norm_targets=True,
+    mask_noise_std=0.01, cls_loss_weight=0.01,
+    ema_decay=0.9998, ema_end_decay=0.99999, ema_anneal_end_step=100_000,
+    min_target_var=0.0, min_pred_var=0.0,
+)
+
+IMAGE_PRESETS = {
+    # examples/data2vec/config/v2/base_images_only_task.yaml
+    "base": dict(_IMAGE_COMMON, embed_dim=768, depth=10, prenet_depth=2, num_heads=12, top_k=10,
+                 decoder_dim=768, decoder_kernel=3, decoder_layers=6),
+    # large_images_only_task.yaml
+    "large": dict(_IMAGE_COMMON, embed_dim=1024, depth=24, prenet_depth=0, num_heads=16, top_k=18,
+                  mask_prob=0.75, mask_prob_adjust=0.1, decoder_dim=1024, decoder_kernel=5, decoder_layers=3,
+                  ema_anneal_end_step=150_000),
+    # huge_images_only_task.yaml
+    "huge": dict(_IMAGE_COMMON, embed_dim=1280, depth=32, prenet_depth=0, num_heads=16, top_k=24,
+                 mask_prob=0.75, mask_prob_adjust=0.1, decoder_dim=1024, decoder_kernel=5, decoder_layers=3,
+                 ema_end_decay=0.99995, ema_anneal_end_step=150_000),
+    # A tiny ViT for Fashion-MNIST on a CPU (recipes/pretrain_image.py).
+    "tiny": dict(_IMAGE_COMMON, image_size=28, patch_size=4, channels=1, embed_dim=64, depth=4, prenet_depth=1,
+                 num_heads=4, top_k=4, clone_batch=4, mask_prob=0.75, mask_prob_adjust=0.07,
+                 decoder_dim=64, decoder_kernel=3, decoder_layers=3, decoder_groups=4,
+                 ema_decay=0.999, ema_end_decay=0.9999, ema_anneal_end_step=3000),
+    # The golden fixture's model (../shared/golden/image_config.json); for tests.
+    "tiny_test": dict(_IMAGE_COMMON, image_size=32, patch_size=4, embed_dim=32, depth=2, prenet_depth=1,
+                      num_heads=4, top_k=2, clone_batch=4, decoder_dim=32, decoder_groups=4, decoder_kernel=3,
+                      decoder_layers=3, ema_decay=0.9, ema_end_decay=0.99, ema_anneal_end_step=10),
+}
+
+_ENCODER_KEYS = ("image_size", "patch_size", "channels", "embed_dim", "depth", "prenet_depth", "num_heads",
+                 "mlp_ratio", "norm_eps", "layer_norm_first", "dropout", "attention_dropout",
+                 "activation_dropout", "post_mlp_dropout", "prenet_dropout", "drop_path_rate")
+_MODEL_KEYS = ("mask_noise_std", "loss_scale", "cls_loss_weight", "ema_decay", "ema_end_decay",
+               "ema_anneal_end_step", "min_target_var", "min_pred_var", "collapse_check_after")
+_OTHER_KEYS = ("mask_prob", "block_length", "mask_prob_adjust", "clone_batch", "decoder_dim", "decoder_layers",
+               "decoder_kernel", "decoder_groups", "decoder_residual", "decoder_input_dropout", "top_k",
+               "instance_norm_target_layer", "layer_norm_target_layer", "layer_norm_targets",
+               "instance_norm_targets", "seed", "dtype")
+
+
+def image_model(preset=None, **overrides):
+    """Builds an image `Data2Vec2` from a preset name and/or flat keyword arguments."""
+    if preset is None:
+        config = dict(IMAGE_PRESETS["base"])
+    elif preset in IMAGE_PRESETS:
+        config = dict(IMAGE_PRESETS[preset])
+    else:
+        raise ValueError(f"Unknown image preset {preset!r}; available: {sorted(IMAGE_PRESETS)}.")
+    unknown = set(overrides) - set(_ENCODER_KEYS + _MODEL_KEYS + _OTHER_KEYS)
+    if unknown:
+        raise ValueError(f"Unknown argument(s) {sorted(unknown)} for an image model.")
+    config.update(overrides)
+    seed = config.get("seed")
+    dtype = config.get("dtype")
+
+    def offset(k):
+        return None if seed is None else seed + k
+
+    return Data2Vec2(
+        encoder=ImageEncoder(**{k: config[k] for k in _ENCODER_KEYS if k in config}, seed=offset(100), dtype=dtype, name="encoder"),
+        decoder=ConvDecoder2D(
+            decoder_dim=config["decoder_dim"], num_layers=config["decoder_layers"], kernel_size=config["decoder_kernel"],
+            groups=config["decoder_groups"], residual=config["decoder_residual"],
+            input_dropout=config["decoder_input_dropout"], dtype=dtype, name="decoder",
+        ),
+        masking=InverseBlockMasking(
+            mask_prob=config["mask_prob"], block_length=config["block_length"],
+            mask_prob_adjust=config["mask_prob_adjust"], clone_batch=config["clone_batch"], seed=offset(1),
+            name="masking",
+        ),
+        targets=ContextualizedTargets(
+            top_k=config["top_k"],
+            instance_norm_target_layer=config.get("instance_norm_target_layer", False),
+            layer_norm_target_layer=config.get("layer_norm_target_layer", False),
+            layer_norm_targets=config.get("layer_norm_targets", False),
+            instance_norm_targets=config.get("instance_norm_targets", False),
+            name="targets",
+        ),
+        **{k: config[k] for k in _MODEL_KEYS if k in config},
+        seed=offset(2),
+        dtype=dtype,
+    )
