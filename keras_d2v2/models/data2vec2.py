@@ -51,9 +51,11 @@ class Data2Vec2(keras.Model):
     keep it in mind when changing the per-device batch.
 
     Inputs: images `(B, H, W, C)` float, or a dict with `"images"`, an optional precomputed
-    `"mask"` `(B * clone_batch, T)` (1 = masked, exactly `masking.num_visible(T)` zeros per row,
-    clones of a sample adjacent) and an optional `"mask_noise"` `(B * clone_batch, T_masked, D)`
-    to reproduce a reference run. Labels, if the dataset has them, are ignored.
+    `"mask"` `(B, clone_batch, T)` (1 = masked, exactly `masking.num_visible(T)` zeros per row, as
+    the reference's data loader makes them) and an optional `"mask_noise"`
+    `(B, clone_batch, T_masked, D)` to reproduce a reference run. Labels, if the dataset has them,
+    are ignored. Outputs: `"prediction"` `(B * clone_batch, T, D)`, `"cls"` `(B * clone_batch, D)`
+    and `"mask"` `(B * clone_batch, T)`; the clones of sample `i` are rows `i * clone_batch ...`.
 
     Args:
         encoder: `ImageEncoder`, the student; the teacher is a copy of it.
@@ -165,13 +167,13 @@ class Data2Vec2(keras.Model):
             return inputs["images"], inputs.get("mask"), inputs.get("mask_noise")
         return inputs, None, None
 
-    def _check_mask(self, mask, batch):
-        expected = (None if batch is None else batch * self.masking.clone_batch, self.num_tokens)
-        shape = tuple(mask.shape)
-        if len(shape) != 2 or shape[1] != self.num_tokens or None not in (shape[0], expected[0]) and shape[0] != expected[0]:
-            raise ValueError(
-                f"`mask` must have shape (batch * clone_batch, num_tokens) = {expected}, got {shape}."
-            )
+    def _per_sample(self, value, name, tail):
+        """Checks a per-sample `(B, clone_batch, *tail)` input and flattens it to `(B * clone_batch, *tail)`."""
+        expected = (None, self.masking.clone_batch) + tail
+        shape = tuple(value.shape)
+        if len(shape) != len(expected) or shape[1:] != expected[1:]:
+            raise ValueError(f"`{name}` must have shape (batch, clone_batch, ...) = {expected}, got {shape}.")
+        return ops.reshape(value, (-1,) + tail)
 
     def call(self, inputs, training=None):
         images, mask, mask_noise = self._unpack(inputs)
@@ -179,8 +181,7 @@ class Data2Vec2(keras.Model):
         if mask is None:
             mask = self.masking(tokens)
         else:
-            self._check_mask(mask, images.shape[0])
-            mask = ops.cast(mask, "float32")
+            mask = ops.cast(self._per_sample(mask, "mask", (self.num_tokens,)), "float32")
         ids_keep, ids_restore = mask_info(mask, self.num_visible)
         visible = gather_tokens(ops.repeat(tokens, self.masking.clone_batch, axis=0), ids_keep)
         hidden, _ = self.encoder.encode(visible, training=training)
@@ -194,6 +195,8 @@ class Data2Vec2(keras.Model):
             mask_noise = keras.random.normal(
                 (ops.shape(x)[0], num_masked, self.embed_dim), stddev=self.mask_noise_std, seed=self.seed_generator
             )
+        else:
+            mask_noise = self._per_sample(mask_noise, "mask_noise", (num_masked, self.embed_dim))
         x = ops.concatenate([x, ops.cast(mask_noise, x.dtype)], axis=1)
         prediction = self.decoder(gather_tokens(x, ids_restore))
         return {"prediction": prediction, "cls": hidden[:, 0], "mask": mask}
@@ -219,7 +222,8 @@ class Data2Vec2(keras.Model):
             if student.trainable:
                 source = decay * current + (1.0 - decay) * source
             teacher.assign(ops.where(pending, source, current))
-        self.teacher_updates.assign(self.num_updates)
+        # A fresh value, not the variable: on JAX two variables must never share a donated buffer.
+        self.teacher_updates.assign(ops.maximum(self.teacher_updates, self.num_updates))
         return decay
 
     def sync_teacher(self):

@@ -1,0 +1,169 @@
+"""Loads reference (fairseq `data2vec_multi`) weights into a Keras `Data2Vec2`.
+
+A fairseq checkpoint keeps the student under `checkpoint["model"]` with the teacher's EMA
+parameters under `checkpoint["model"]["_ema"]`, all with PyTorch layouts. This module renames
+and transposes them onto our variables, so Meta's released weights (and the golden fixtures)
+run in Keras on any backend.
+"""
+
+import pickle
+
+import numpy as np
+
+PREFIX = "modality_encoders.IMAGE."
+
+
+def _dense(weight):
+    return weight.T
+
+
+def _conv(weight):
+    return np.transpose(weight, (2, 3, 1, 0))
+
+
+def _same(weight):
+    return weight
+
+
+def _block_names(prefix, block):
+    return {
+        f"{prefix}attn.qkv.weight": (block.qkv.kernel, _dense),
+        f"{prefix}attn.qkv.bias": (block.qkv.bias, _same),
+        f"{prefix}attn.proj.weight": (block.attention_projection.kernel, _dense),
+        f"{prefix}attn.proj.bias": (block.attention_projection.bias, _same),
+        f"{prefix}norm1.weight": (block.norm1.gamma, _same),
+        f"{prefix}norm1.bias": (block.norm1.beta, _same),
+        f"{prefix}mlp.fc1.weight": (block.fc1.kernel, _dense),
+        f"{prefix}mlp.fc1.bias": (block.fc1.bias, _same),
+        f"{prefix}mlp.fc2.weight": (block.fc2.kernel, _dense),
+        f"{prefix}mlp.fc2.bias": (block.fc2.bias, _same),
+        f"{prefix}norm2.weight": (block.norm2.gamma, _same),
+        f"{prefix}norm2.bias": (block.norm2.beta, _same),
+    }
+
+
+def _encoder_names(encoder):
+    names = {
+        f"{PREFIX}extra_tokens": (encoder.cls_token, _same),
+        f"{PREFIX}local_encoder.proj.weight": (encoder.patch_embedding.projection.kernel, _conv),
+        f"{PREFIX}local_encoder.proj.bias": (encoder.patch_embedding.projection.bias, _same),
+        f"{PREFIX}fixed_positional_encoder.positions": (encoder.patch_embedding.positions, _same),
+    }
+    if encoder.context_norm is not None:
+        names[f"{PREFIX}context_encoder.norm.weight"] = (encoder.context_norm.gamma, _same)
+        names[f"{PREFIX}context_encoder.norm.bias"] = (encoder.context_norm.beta, _same)
+    if encoder.final_norm is not None:
+        names["norm.weight"] = (encoder.final_norm.gamma, _same)
+        names["norm.bias"] = (encoder.final_norm.beta, _same)
+    for i, block in enumerate(encoder.prenet_blocks):
+        names.update(_block_names(f"{PREFIX}context_encoder.blocks.{i}.", block))
+    for i, block in enumerate(encoder.blocks):
+        names.update(_block_names(f"blocks.{i}.", block))
+    return names
+
+
+def fairseq_image_weight_names(model):
+    """`(student, teacher)` dicts: fairseq parameter name -> (our variable, layout transform)."""
+    student = _encoder_names(model.encoder)
+    decoder = model.decoder
+    for i, conv in enumerate(decoder.convs):
+        student[f"{PREFIX}decoder.blocks.{i}.0.weight"] = (conv.kernel, _conv)
+        student[f"{PREFIX}decoder.blocks.{i}.0.bias"] = (conv.bias, _same)
+    student[f"{PREFIX}decoder.proj.weight"] = (decoder.projection.kernel, _dense)
+    student[f"{PREFIX}decoder.proj.bias"] = (decoder.projection.bias, _same)
+    return student, _encoder_names(model.teacher)
+
+
+def _assign(names, state_dict, what):
+    missing = sorted(set(names) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(names))
+    if missing or unexpected:
+        raise ValueError(
+            f"The {what} state dict does not match the model: missing {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}."
+        )
+    for name, (variable, transform) in names.items():
+        value = transform(np.asarray(state_dict[name], dtype="float32"))
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"{what} weight {name!r} has shape {tuple(value.shape)} after conversion, but the model's "
+                f"{variable.path!r} has shape {tuple(variable.shape)}; build the model with the checkpoint's sizes."
+            )
+        variable.assign(value)
+
+
+def load_fairseq_image_weights(model, state_dict, teacher_state_dict=None):
+    """Assigns reference weights to an image `Data2Vec2`.
+
+    Args:
+        model: a `Data2Vec2` whose sizes match the checkpoint (e.g. `Data2Vec2.image(preset="base")`).
+        state_dict: mapping of fairseq names to arrays (numpy or torch). A `"_ema"` entry, as in a
+            fairseq checkpoint, is used as the teacher unless `teacher_state_dict` is given.
+        teacher_state_dict: mapping for the EMA teacher; when absent everywhere, the teacher starts
+            as a copy of the student, as at the start of pre-training.
+
+    Raises a ValueError listing missing/unexpected names or the first shape mismatch.
+    """
+    teacher = teacher_state_dict if teacher_state_dict is not None else state_dict.get("_ema")
+    student = {k: _to_numpy(v) for k, v in state_dict.items() if k != "_ema"}
+    student_names, teacher_names = fairseq_image_weight_names(model)
+    _assign(student_names, student, "student")
+    if teacher is None:
+        model.teacher.set_weights(model.encoder.get_weights())
+    else:
+        _assign(teacher_names, {k: _to_numpy(v) for k, v in teacher.items()}, "teacher")
+    return model
+
+
+def _to_numpy(value):
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().float().numpy()
+    return np.asarray(value)
+
+
+class _Opaque:
+    """Stands in for any non-tensor object in a checkpoint (configs, argparse namespaces)."""
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+_TORCH_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch", "Size"),
+    ("torch", "device"),
+} | {("torch", f"{kind}Storage") for kind in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Byte", "Bool")}
+
+
+def read_fairseq_checkpoint(path):
+    """Reads a fairseq `.pt` checkpoint without executing any pickled code.
+
+    Tries `torch.load(weights_only=True)` first. fairseq checkpoints also pickle their config
+    objects, which that refuses; then a restricted unpickler rebuilds tensors and replaces every
+    other object by an inert placeholder, never importing or calling anything else. Returns the
+    model state dict (the teacher under `"_ema"`).
+    """
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle())
+    return checkpoint["model"] if isinstance(checkpoint, dict) and "model" in checkpoint else checkpoint
+
+
+def _restricted_pickle():
+    import types
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in _TORCH_GLOBALS:
+                return getattr(__import__(module, fromlist=[name]), name)
+            return _Opaque
+
+    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="keras_d2v2_restricted")

@@ -1,0 +1,63 @@
+import os
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+GOLDEN = pathlib.Path(os.environ.get("KERAS_D2V2_GOLDEN", REPO.parent / "shared" / "golden"))
+
+
+@pytest.fixture(scope="session")
+def golden_image():
+    path = GOLDEN / "image.npz"
+    if not path.exists():
+        pytest.skip(f"golden fixture {path} not found (set KERAS_D2V2_GOLDEN to the fixture folder)")
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def loss_and_grads(model, x):
+    """Loss and gradients of `model.compute_loss` w.r.t. `model.trainable_variables`, per backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(x, None, model(x, training=True), training=False)
+        grads = tape.gradient(loss, model.trainable_variables)
+    elif backend == "torch":
+        for v in model.trainable_variables:
+            v.value.grad = None
+        loss = model.compute_loss(x, None, model(x, training=True), training=False)
+        loss.backward()
+        grads = [v.value.grad for v in model.trainable_variables]
+    elif backend == "jax":
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        metrics = [v.value for v in model.metrics_variables]
+
+        def loss_fn(trainable):
+            y_pred, new_non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+            loss, _ = model.stateless_compute_loss(
+                trainable, new_non_trainable, metrics, x=x, y_pred=y_pred, training=False
+            )
+            return loss
+
+        loss, grads = jax.value_and_grad(loss_fn)(trainable)
+    else:
+        raise NotImplementedError(backend)
+    return float(keras.ops.convert_to_numpy(loss)), [keras.ops.convert_to_numpy(g) for g in grads]
+
+
+def assert_close(actual, expected, rtol=1e-4, atol=None, name=""):
+    """rtol 1e-4; by default with an absolute floor of 1e-5 of the reference's largest magnitude,
+    so that entries that are zero up to round-off compare sensibly."""
+    actual = np.asarray(keras.ops.convert_to_numpy(actual), dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if atol is None:
+        atol = 1e-5 * max(float(np.abs(expected).max()), 1e-12)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=name)
