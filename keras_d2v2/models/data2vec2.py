@@ -126,9 +126,10 @@ class Data2Vec2(keras.Model):
 
         self.teacher = self.encoder.__class__.from_config({**self.encoder.get_config(), "name": "teacher"})
         image_shape = (None, self.encoder.image_size, self.encoder.image_size, self.encoder.channels)
-        self.encoder.build(image_shape)
-        self.teacher.build(image_shape)
-        self.decoder.build((None, self.num_tokens, self.embed_dim))
+        # Layers deserialized from a `.keras` file arrive already built.
+        for layer, shape in ((self.encoder, image_shape), (self.teacher, image_shape), (self.decoder, (None, self.num_tokens, self.embed_dim))):
+            if not layer.built:
+                layer.build(shape)
         # After build: sublayers made in build() would otherwise come out trainable.
         self.teacher.trainable = False
         self.teacher.set_weights(self.encoder.get_weights())
