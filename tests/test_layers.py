@@ -165,12 +165,14 @@ def test_transformer_block_rejects_heads_not_dividing_dim():
 
 # ---------------------------------------------------------------------------------- decoder
 def numpy_decoder(decoder, x):
-    weights = [ops.convert_to_numpy(w).astype(np.float64) for w in decoder.weights]
+    kernels = [ops.convert_to_numpy(w).astype(np.float64) for w in decoder.kernels]
+    biases = [ops.convert_to_numpy(w).astype(np.float64) for w in decoder.biases]
+    projection = [ops.convert_to_numpy(w).astype(np.float64) for w in decoder.projection.weights]
     n, t, d = x.shape
     side, k, g = decoder.side, decoder.kernel_size, decoder.groups
     h = x.reshape(n, side, side, d)
     for i in range(decoder.num_layers):
-        kernel, bias = weights[2 * i], weights[2 * i + 1]
+        kernel, bias = kernels[i], biases[i]
         cin, cout = h.shape[-1], kernel.shape[-1]
         padded = np.pad(h, ((0, 0), (k // 2, (k - 1) // 2), (k // 2, (k - 1) // 2), (0, 0)))
         out = np.zeros((n, side, side, cout))
@@ -183,13 +185,14 @@ def numpy_decoder(decoder, x):
         out = numpy_layer_norm(out + bias, 1e-5)
         out = 0.5 * out * (1 + np.vectorize(math.erf)(out / math.sqrt(2)))
         h = out + h if decoder.residual and cin == cout else out
-    return h.reshape(n, t, -1) @ weights[-2] + weights[-1]
+    return h.reshape(n, t, -1) @ projection[0] + projection[1]
 
 
+@pytest.mark.parametrize("conv_impl", ["native", "grouped_matmul"])
 @pytest.mark.parametrize("kernel_size, dim", [(3, 8), (4, 16)])
-def test_conv_decoder_matches_numpy(kernel_size, dim):
+def test_conv_decoder_matches_numpy(kernel_size, dim, conv_impl):
     # dim 8 != decoder_dim 16: the first layer must skip the residual; even kernels pad like SamePad.
-    decoder = ConvDecoder2D(decoder_dim=16, num_layers=2, kernel_size=kernel_size, groups=4)
+    decoder = ConvDecoder2D(decoder_dim=16, num_layers=2, kernel_size=kernel_size, groups=4, conv_impl=conv_impl)
     x = np.random.default_rng(2).normal(size=(2, 16, dim)).astype("float32")
     assert_close(decoder(x), numpy_decoder(decoder, x.astype(np.float64)))
     roundtrip(decoder, x)

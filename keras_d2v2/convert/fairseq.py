@@ -66,9 +66,9 @@ def fairseq_image_weight_names(model):
     """`(student, teacher)` dicts: fairseq parameter name -> (our variable, layout transform)."""
     student = _encoder_names(model.encoder)
     decoder = model.decoder
-    for i, conv in enumerate(decoder.convs):
-        student[f"{PREFIX}decoder.blocks.{i}.0.weight"] = (conv.kernel, _conv)
-        student[f"{PREFIX}decoder.blocks.{i}.0.bias"] = (conv.bias, _same)
+    for i, (kernel, bias) in enumerate(zip(decoder.kernels, decoder.biases)):
+        student[f"{PREFIX}decoder.blocks.{i}.0.weight"] = (kernel, _conv)
+        student[f"{PREFIX}decoder.blocks.{i}.0.bias"] = (bias, _same)
     student[f"{PREFIX}decoder.proj.weight"] = (decoder.projection.kernel, _dense)
     student[f"{PREFIX}decoder.proj.bias"] = (decoder.projection.bias, _same)
     return student, _encoder_names(model.teacher)

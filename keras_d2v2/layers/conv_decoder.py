@@ -6,6 +6,36 @@ import keras
 from keras import ops
 
 
+def _xla_on_cpu():
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() == "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+    return False
+
+
+def grouped_conv2d_matmul(x, kernel, groups):
+    """Stride-1 'valid' grouped conv as one batched matmul over groups (im2col, group-major).
+
+    Same result as `ops.conv`. On CPU, XLA's gradient of a grouped convolution is ~10x slower
+    than this form (benchmarks/grouped_conv.py) and made the decoder dominate the training step.
+    """
+    k_h, k_w, group_in, out = kernel.shape
+    height, width = x.shape[1] - k_h + 1, x.shape[2] - k_w + 1
+    windows = [x[:, dy : dy + height, dx : dx + width, :] for dy in range(k_h) for dx in range(k_w)]
+    patches = ops.reshape(ops.stack(windows, axis=3), (-1, k_h * k_w, groups, group_in))
+    patches = ops.reshape(ops.transpose(patches, (2, 0, 1, 3)), (groups, -1, k_h * k_w * group_in))
+    weights = ops.reshape(kernel, (k_h * k_w, group_in, groups, out // groups))
+    weights = ops.reshape(ops.transpose(weights, (2, 0, 1, 3)), (groups, k_h * k_w * group_in, out // groups))
+    result = ops.transpose(ops.matmul(patches, weights), (1, 0, 2))
+    return ops.reshape(result, (-1, height, width, out))
+
+
 def torch_default_uniform(fan_in):
     """PyTorch's default Linear/Conv init (kaiming-uniform with a=sqrt(5)): U(+-1/sqrt(fan_in))."""
     limit = 1.0 / math.sqrt(fan_in)
@@ -29,6 +59,9 @@ class ConvDecoder2D(keras.layers.Layer):
         groups: int, conv groups; must divide both `D` and `decoder_dim`.
         residual: bool, the residual rule above.
         input_dropout: float, dropout on the encoder output before the fill (`decoder.input_dropout`).
+        conv_impl: "auto", "native" (`ops.conv`) or "grouped_matmul" (`grouped_conv2d_matmul`);
+            "auto" picks a grouped matmul for XLA (JAX, TensorFlow) on CPU and native otherwise.
+            Both compute the same function with the same weights.
 
     Example:
     >>> decoder = ConvDecoder2D(decoder_dim=32, num_layers=2, kernel_size=3, groups=4)
@@ -36,8 +69,21 @@ class ConvDecoder2D(keras.layers.Layer):
     (2, 64, 16)
     """
 
-    def __init__(self, *, decoder_dim=768, num_layers=6, kernel_size=3, groups=16, residual=True, input_dropout=0.0, **kwargs):
+    def __init__(
+        self,
+        *,
+        decoder_dim=768,
+        num_layers=6,
+        kernel_size=3,
+        groups=16,
+        residual=True,
+        input_dropout=0.0,
+        conv_impl="auto",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        if conv_impl not in ("auto", "native", "grouped_matmul"):
+            raise ValueError(f"`conv_impl` must be 'auto', 'native' or 'grouped_matmul', got {conv_impl!r}.")
         if decoder_dim % groups:
             raise ValueError(f"`groups` ({groups}) must divide `decoder_dim` ({decoder_dim}).")
         self.decoder_dim = decoder_dim
@@ -46,6 +92,7 @@ class ConvDecoder2D(keras.layers.Layer):
         self.groups = groups
         self.residual = residual
         self.input_dropout = input_dropout
+        self.conv_impl = conv_impl
 
     def build(self, input_shape):
         num_tokens, dim = input_shape[-2], input_shape[-1]
@@ -55,24 +102,22 @@ class ConvDecoder2D(keras.layers.Layer):
         if dim % self.groups:
             raise ValueError(f"`groups` ({self.groups}) must divide the token dimension ({dim}).")
         self.side = side
-        self.convs, self.norms = [], []
+        self.kernels, self.biases, self.norms = [], [], []
         channels = dim
         for i in range(self.num_layers):
-            conv = keras.layers.Conv2D(
-                self.decoder_dim,
-                self.kernel_size,
-                groups=self.groups,
-                kernel_initializer=torch_default_uniform(channels // self.groups * self.kernel_size**2),
-                bias_initializer=torch_default_uniform(channels // self.groups * self.kernel_size**2),
-                dtype=self.dtype_policy,
-                name=f"conv{i}",
+            init = torch_default_uniform(channels // self.groups * self.kernel_size**2)
+            self.kernels.append(
+                self.add_weight(
+                    shape=(self.kernel_size, self.kernel_size, channels // self.groups, self.decoder_dim),
+                    initializer=init,
+                    name=f"conv{i}_kernel",
+                )
             )
-            conv.build((None, None, None, channels))
+            self.biases.append(self.add_weight(shape=(self.decoder_dim,), initializer=init, name=f"conv{i}_bias"))
             norm = keras.layers.LayerNormalization(
                 epsilon=1e-5, center=False, scale=False, dtype=self.dtype_policy, name=f"norm{i}"
             )
             norm.build((None, None, None, self.decoder_dim))
-            self.convs.append(conv)
             self.norms.append(norm)
             channels = self.decoder_dim
         self.projection = keras.layers.Dense(
@@ -84,13 +129,20 @@ class ConvDecoder2D(keras.layers.Layer):
         )
         self.projection.build((None, None, self.decoder_dim))
 
+    def _conv(self, x, kernel, bias):
+        before, after = self.kernel_size // 2, (self.kernel_size - 1) // 2
+        x = ops.pad(x, [[0, 0], [before, after], [before, after], [0, 0]])
+        kernel = ops.cast(kernel, x.dtype)
+        as_matmul = self.conv_impl == "grouped_matmul" or (self.conv_impl == "auto" and _xla_on_cpu())
+        x = grouped_conv2d_matmul(x, kernel, self.groups) if as_matmul else ops.conv(x, kernel, padding="valid")
+        return x + ops.cast(bias, x.dtype)
+
     def call(self, x):
         dim = x.shape[-1]
         x = ops.reshape(x, (-1, self.side, self.side, dim))
-        before, after = self.kernel_size // 2, (self.kernel_size - 1) // 2
-        for conv, norm in zip(self.convs, self.norms):
+        for kernel, bias, norm in zip(self.kernels, self.biases, self.norms):
             residual = x
-            x = conv(ops.pad(x, [[0, 0], [before, after], [before, after], [0, 0]]))
+            x = self._conv(x, kernel, bias)
             x = ops.gelu(norm(x), approximate=False)
             if self.residual and residual.shape[-1] == x.shape[-1]:
                 x = x + residual
@@ -109,5 +161,6 @@ class ConvDecoder2D(keras.layers.Layer):
             groups=self.groups,
             residual=self.residual,
             input_dropout=self.input_dropout,
+            conv_impl=self.conv_impl,
         )
         return config

@@ -1,0 +1,19 @@
+# `make pretrain` runs the main job; `make test` runs the test suite on TensorFlow, JAX and PyTorch.
+# Both set themselves up first (Debian's Fashion-MNIST package, .venv with every backend).
+BACKEND ?= torch
+
+.PHONY: setup test pretrain
+
+setup: .venv/.setup-done
+
+.venv/.setup-done: requirements-dev.txt pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $@
+
+test: setup
+	bash scripts/test_all_backends.sh
+
+# PyTorch is the fastest backend for this model on a 2-core CPU (benchmarks/README.md);
+# `make pretrain BACKEND=jax` or `BACKEND=tensorflow` runs the same recipe on the others.
+pretrain: setup
+	KERAS_BACKEND=$(BACKEND) .venv/bin/python recipes/pretrain_image.py

@@ -1,0 +1,1 @@
+from keras_d2v2.data.fashion_mnist import FASHION_MNIST_DIR, load_fashion_mnist, standardize_images
