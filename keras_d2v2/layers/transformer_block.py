@@ -70,10 +70,9 @@ class TransformerBlock(keras.layers.Layer):
         hidden = int(dim * self.mlp_ratio)
 
         def dense(units, name):
-            layer = keras.layers.Dense(
+            return keras.layers.Dense(
                 units, kernel_initializer=BERT_INIT, bias_initializer="zeros", dtype=self.dtype_policy, name=name
             )
-            return layer
 
         def norm(name):
             return keras.layers.LayerNormalization(epsilon=self.norm_eps, dtype=self.dtype_policy, name=name)

@@ -1,0 +1,85 @@
+"""Forward+backward time of the decoder's grouped conv: native `ops.conv` vs `grouped_conv2d_matmul`.
+
+Why it exists: on CPU, XLA's gradient of a grouped convolution made the conv decoder dominate the
+data2vec 2.0 step on JAX and TensorFlow; `ConvDecoder2D(conv_impl="auto")` uses the matmul form
+there. Run once per backend:
+
+    for b in jax tensorflow torch; do KERAS_BACKEND=$b .venv/bin/python benchmarks/grouped_conv.py; done
+
+Prints one JSON line per implementation: median ms of `--runs` timed runs after one warm-up, and the
+ratio to native in the same run. Shapes default to the `tiny` preset's decoder at batch 256 x 4 clones.
+"""
+
+import argparse
+import json
+import time
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_d2v2.layers.conv_decoder import grouped_conv2d_matmul
+
+
+def native(x, kernel, groups):
+    return ops.conv(x, kernel, padding="valid")
+
+
+def grad_function(fn, groups):
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        g = jax.jit(jax.grad(lambda x, k: ops.sum(ops.square(fn(x, k, groups))), argnums=(0, 1)))
+        return lambda x, k: jax.block_until_ready(g(x, k))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(jit_compile=True)
+        def g(x, k):
+            with tf.GradientTape() as tape:
+                tape.watch([x, k])
+                loss = tf.reduce_sum(tf.square(fn(x, k, groups)))
+            return tape.gradient(loss, [x, k])
+
+        return lambda x, k: [t.numpy() for t in g(tf.constant(x), tf.constant(k))]
+    import torch
+
+    def g(x, k):
+        x, k = torch.tensor(x, requires_grad=True), torch.tensor(k, requires_grad=True)
+        torch.sum(torch.square(fn(x, k, groups))).backward()
+        return x.grad, k.grad
+
+    return g
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--side", type=int, default=7)
+    parser.add_argument("--channels", type=int, default=64)
+    parser.add_argument("--groups", type=int, default=4)
+    parser.add_argument("--kernel", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    padded = args.side + args.kernel - 1
+    x = rng.normal(size=(args.batch, padded, padded, args.channels)).astype("float32")
+    k = rng.normal(size=(args.kernel, args.kernel, args.channels // args.groups, args.channels)).astype("float32")
+    results = {}
+    for name, fn in (("native", native), ("grouped_matmul", grouped_conv2d_matmul)):
+        run = grad_function(fn, args.groups)
+        run(x, k)
+        times = []
+        for _ in range(args.runs):
+            start = time.perf_counter()
+            run(x, k)
+            times.append(time.perf_counter() - start)
+        results[name] = 1000 * float(np.median(times))
+    for name, ms in results.items():
+        print(json.dumps({"backend": keras.backend.backend(), "impl": name, "fwd_bwd_ms": round(ms, 1),
+                          "vs_native": round(ms / results["native"], 3), **vars(args)}))
+
+
+if __name__ == "__main__":
+    main()
