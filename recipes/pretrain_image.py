@@ -3,15 +3,17 @@
 What:      image data2vec 2.0 (inverse block masking, 4 masks per image, EMA teacher, conv decoder)
            on the 60,000 Fashion-MNIST training images, labels unused; then k-NN (k=20, cosine) on
            mean-pooled encoder features, test split, against the same encoder at random init.
-Command:   make pretrain            (= KERAS_BACKEND=jax python recipes/pretrain_image.py)
+Command:   make pretrain            (= KERAS_BACKEND=torch .venv/bin/python recipes/pretrain_image.py)
 Hardware:  2 CPU cores, no accelerator. Any backend: set KERAS_BACKEND=jax|tensorflow|torch.
-Time:      ~10 min with JAX on 2 cores for the default 8 epochs (see the README for measured figures).
-Expect:    pre-trained k-NN accuracy clearly above random init (measured figures in docs/results.md).
+Time:      13 min of pre-training + 1 min of k-NN with PyTorch on 2 cores (4 epochs x 235 steps, ~0.8 s/step);
+           JAX and TensorFlow run the same script ~1.5-2x slower on this CPU.
+Expect:    k-NN top-1 81.0% pre-trained vs 59.4% at random init (docs/results.md, seed 0).
 Smoke:     --smoke runs 2 small steps on 256 images and a 512-image k-NN, in seconds.
 Data:      `apt-get install dataset-fashion-mnist` (done by `make setup`); nothing is downloaded.
 """
 
 import argparse
+import math
 import os
 import time
 
@@ -72,8 +74,9 @@ def main():
     random_encoder.build(x_train.shape)
     random_encoder.set_weights(model.encoder.get_weights())
 
-    steps = args.epochs * (len(x_train) // args.batch_size)
-    warmup = min(int(args.warmup_epochs * len(x_train) // args.batch_size), steps // 2)
+    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)  # fit() runs the last, partial batch too
+    steps = args.epochs * steps_per_epoch
+    warmup = min(int(args.warmup_epochs * steps_per_epoch), steps // 2)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, max(steps - warmup, 1), alpha=0.0, warmup_target=args.learning_rate, warmup_steps=warmup
     )
@@ -81,7 +84,7 @@ def main():
         optimizer=keras.optimizers.AdamW(schedule, beta_1=0.9, beta_2=0.95, weight_decay=0.05, global_clipnorm=4.0)
     )
     print(f"backend {keras.backend.backend()}, preset {args.preset!r}, {model.encoder.count_params():,} encoder "
-          f"parameters, {len(x_train)} images, {args.epochs} epochs of {len(x_train) // args.batch_size} steps")
+          f"parameters, {len(x_train)} images, {args.epochs} epochs of {steps_per_epoch} steps")
     start = time.time()
     model.fit(x_train, batch_size=args.batch_size, epochs=args.epochs, shuffle=True, verbose=1 if not args.smoke else 2)
     print(f"pre-training took {time.time() - start:.0f} s")

@@ -180,3 +180,44 @@ def test_bad_configurations():
         tiny(image_size=30)
     with pytest.raises(ValueError, match="leaves no visible token"):
         tiny(mask_prob=0.99)
+
+
+LOAD_ON_OTHER_BACKEND = """
+import sys, numpy as np, keras, keras_d2v2
+data = np.load(sys.argv[2])
+model = keras.saving.load_model(sys.argv[1])
+x = {k: data[k] for k in ("images", "mask", "mask_noise")}
+np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)["prediction"]), data["prediction"], rtol=1e-5, atol=1e-5)
+np.testing.assert_allclose(keras.ops.convert_to_numpy(model.teacher_targets(x["images"])), data["targets"], rtol=1e-5, atol=1e-5)
+assert int(model.num_updates) == 2 and abs(float(model.current_ema_decay()) - float(data["decay"])) < 1e-7
+print("loaded on", keras.backend.backend())
+"""
+
+
+def test_keras_file_loads_on_the_next_backend(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    other = {"tensorflow": "jax", "jax": "torch", "torch": "tensorflow"}[BACKEND]
+    model = tiny()
+    model.compile(optimizer="adam")
+    model.fit(images(4), batch_size=2, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    x = fixed_inputs(model)
+    np.savez(
+        tmp_path / "expected.npz",
+        prediction=ops.convert_to_numpy(model(x)["prediction"]),
+        targets=ops.convert_to_numpy(model.teacher_targets(x["images"])),
+        decay=ops.convert_to_numpy(model.current_ema_decay()),
+        **x,
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_ON_OTHER_BACKEND, str(tmp_path / "m.keras"), str(tmp_path / "expected.npz")],
+        env=dict(os.environ, KERAS_BACKEND=other),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"loaded on {other}" in result.stdout
