@@ -117,6 +117,9 @@ def test_keras_file_roundtrip(tmp_path):
     for a, b in zip(numpy_weights(model.weights), numpy_weights(loaded.weights)):
         np.testing.assert_array_equal(a, b)
     assert float(loaded.ema_decay) == pytest.approx(0.7) and int(loaded.num_updates) == 2
+    assert int(loaded.optimizer.iterations) == 2
+    for a, b in zip(numpy_weights(model.optimizer.variables), numpy_weights(loaded.optimizer.variables)):
+        np.testing.assert_array_equal(a, b)
     x = fixed_inputs(model)
     for key in ("prediction", "cls"):
         np.testing.assert_allclose(

@@ -166,4 +166,8 @@ def _restricted_pickle():
                 return getattr(__import__(module, fromlist=[name]), name)
             return _Opaque
 
-    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="keras_d2v2_restricted")
+    def load(file, **kwargs):
+        return Unpickler(file, **kwargs).load()
+
+    # torch reads legacy (non-zip) files through `load`, zip files through `Unpickler`: both restricted.
+    return types.SimpleNamespace(Unpickler=Unpickler, load=load, __name__="keras_d2v2_restricted")

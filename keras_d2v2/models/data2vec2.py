@@ -282,6 +282,11 @@ class Data2Vec2(keras.Model):
         if getattr(inner, "weight_decay", None):
             inner.exclude_from_weight_decay(var_list=[v for v in self.trainable_variables if len(v.shape) <= 1])
 
+    def compile_from_config(self, config):
+        # Keras skips compile() on load when it is overridden, which would drop the optimizer state.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
+
     def fit(self, *args, callbacks=None, **kwargs):
         """As `keras.Model.fit`; adds `EMATeacher` and `TrainingGuard` with the model's own settings
         when the caller did not pass them."""
