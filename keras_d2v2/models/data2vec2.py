@@ -133,6 +133,9 @@ class Data2Vec2(keras.Model):
         # After build: sublayers made in build() would otherwise come out trainable.
         self.teacher.trainable = False
         self.teacher.set_weights(self.encoder.get_weights())
+        for student, teacher in self._teacher_pairs():
+            if student.path.split("/", 1)[1] != teacher.path.split("/", 1)[1]:
+                raise RuntimeError(f"Teacher weight {teacher.path} is paired with student weight {student.path}.")
 
         def state(name, value, dtype):
             return self.add_weight(shape=(), initializer=keras.initializers.Constant(value), dtype=dtype, trainable=False, name=name)
@@ -240,8 +243,9 @@ class Data2Vec2(keras.Model):
 
     # -------------------------------------------------------------------------------------- loss
     def loss_terms(self, targets, y_pred):
-        """Returns `(regression, cls)` divided by the number of masked positions, as the reference's
-        trainer scales them, and the masked-position weights."""
+        """Returns `(regression, cls, weights, prediction, repeated_targets)`: the two loss terms
+        divided by the number of masked positions, as the reference's trainer scales them, the
+        masked-position weights, and the float32 predictions and clone-repeated targets."""
         clones = self.masking.clone_batch
         scale = self.loss_scale if self.loss_scale is not None else 1.0 / math.sqrt(self.embed_dim)
         weights = ops.cast(y_pred["mask"], "float32")
