@@ -158,6 +158,16 @@ def test_transformer_block_matches_numpy(pre_ln):
     roundtrip(block, x)
 
 
+def test_blocks_start_from_different_weights():
+    blocks = [TransformerBlock(num_heads=4) for _ in range(2)]
+    for block in blocks:
+        block.build((None, 5, 16))
+    for layer in ("qkv", "attention_projection", "fc1", "fc2"):
+        first, second = (ops.convert_to_numpy(getattr(b, layer).kernel) for b in blocks)
+        assert not np.array_equal(first, second), layer
+        assert abs(float(first.std()) - 0.02) < 0.005, layer
+
+
 def test_transformer_block_rejects_heads_not_dividing_dim():
     with pytest.raises(ValueError, match="`num_heads` \\(5\\) must divide"):
         TransformerBlock(num_heads=5)(np.zeros((1, 3, 16), "float32"))

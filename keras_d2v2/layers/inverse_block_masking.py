@@ -4,6 +4,7 @@ import math
 
 import keras
 from keras import ops
+from keras_d2v2.layers.random_state import SavesRandomState
 
 
 def mask_info(mask, num_visible):
@@ -22,7 +23,7 @@ def mask_info(mask, num_visible):
 
 
 @keras.saving.register_keras_serializable(package="keras_d2v2")
-class InverseBlockMasking(keras.layers.Layer):
+class InverseBlockMasking(SavesRandomState, keras.layers.Layer):
     """Draws `clone_batch` independent inverse block masks per sample, inside the compiled step.
 
     The drawn blocks are the *visible* region: `int(T * (1 - mask_prob + mask_prob_adjust) /

@@ -2,12 +2,17 @@
 
 import keras
 from keras import ops
+from keras_d2v2.layers.random_state import SavesRandomState
 
-BERT_INIT = keras.initializers.RandomNormal(stddev=0.02)
+
+def bert_init():
+    """N(0, 0.02), the reference's `init_bert_params`. A fresh instance per weight: one shared seeded
+    instance would give every layer of the same shape the same values."""
+    return keras.initializers.RandomNormal(stddev=0.02)
 
 
 @keras.saving.register_keras_serializable(package="keras_d2v2")
-class TransformerBlock(keras.layers.Layer):
+class TransformerBlock(SavesRandomState, keras.layers.Layer):
     """Self-attention + MLP block that returns `(output, ffn_output)`.
 
     Post-LN (the reference and every published data2vec 2.0 config):
@@ -71,7 +76,7 @@ class TransformerBlock(keras.layers.Layer):
 
         def dense(units, name):
             return keras.layers.Dense(
-                units, kernel_initializer=BERT_INIT, bias_initializer="zeros", dtype=self.dtype_policy, name=name
+                units, kernel_initializer=bert_init(), bias_initializer="zeros", dtype=self.dtype_policy, name=name
             )
 
         def norm(name):

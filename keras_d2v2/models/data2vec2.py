@@ -4,6 +4,7 @@ import math
 
 import keras
 from keras import ops
+from keras_d2v2.layers.random_state import SavesRandomState
 
 from keras_d2v2.layers.contextualized_targets import ContextualizedTargets
 from keras_d2v2.layers.conv_decoder import ConvDecoder2D
@@ -32,7 +33,7 @@ def _deserialize(obj):
 
 
 @keras.saving.register_keras_serializable(package="keras_d2v2")
-class Data2Vec2(keras.Model):
+class Data2Vec2(SavesRandomState, keras.Model):
     """data2vec 2.0 pre-training: multi-mask student, conv decoder, EMA teacher, contextualized targets.
 
     `call()` runs the student: it embeds the images once, repeats them `clone_batch` times,

@@ -3,13 +3,14 @@
 import keras
 import numpy as np
 from keras import ops
+from keras_d2v2.layers.random_state import SavesRandomState
 
 from keras_d2v2.layers.patch_embedding import PatchEmbedding
 from keras_d2v2.layers.transformer_block import TransformerBlock
 
 
 @keras.saving.register_keras_serializable(package="keras_d2v2")
-class ImageEncoder(keras.layers.Layer):
+class ImageEncoder(SavesRandomState, keras.layers.Layer):
     """ViT encoder in the reference layout, usable on all tokens or on visible tokens only.
 
     `embed(images)` gives patch tokens with fixed sin-cos positions; `encode(tokens)` prepends
