@@ -149,6 +149,22 @@ def test_nan_loss_stops_with_the_step():
         model.fit(x, batch_size=2, epochs=1, verbose=0, shuffle=False)
 
 
+def test_absurd_learning_rate_diverges_with_a_clear_error(tmp_path):
+    model = tiny()
+    model.compile(optimizer=keras.optimizers.SGD(1e30))
+
+    class SavedSteps(keras.callbacks.Callback):
+        saved = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.saved.append(float(logs["loss"]))
+
+    with pytest.raises(TrainingDiverged, match=r"became (nan|inf) at update \d+ .* Lower the learning rate"):
+        model.fit(images(8), batch_size=2, epochs=2, verbose=0, callbacks=[SavedSteps()])
+    # The guard runs before the caller's callbacks: none of them saw the non-finite step.
+    assert SavedSteps.saved and all(np.isfinite(SavedSteps.saved))
+
+
 def test_targets_stay_float32_under_mixed_precision():
     model = tiny(dtype="mixed_bfloat16")
     x = images(2)

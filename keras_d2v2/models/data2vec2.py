@@ -294,13 +294,15 @@ class Data2Vec2(SavesRandomState, keras.Model):
 
     def fit(self, *args, callbacks=None, **kwargs):
         """As `keras.Model.fit`; adds `EMATeacher` and `TrainingGuard` with the model's own settings
-        when the caller did not pass them."""
+        when the caller did not pass them. The guard runs first, so that a checkpointing callback
+        never saves the state of a step whose loss was not finite."""
         from keras_d2v2.callbacks import EMATeacher, TrainingGuard
 
         callbacks = list(callbacks or [])
-        for kind in (EMATeacher, TrainingGuard):
-            if not any(isinstance(c, kind) for c in callbacks):
-                callbacks.append(kind())
+        guards = [c for c in callbacks if isinstance(c, TrainingGuard)] or [TrainingGuard()]
+        callbacks = guards + [c for c in callbacks if not isinstance(c, TrainingGuard)]
+        if not any(isinstance(c, EMATeacher) for c in callbacks):
+            callbacks.append(EMATeacher())
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def get_config(self):
