@@ -5,9 +5,9 @@ What:      image data2vec 2.0 (inverse block masking, 4 masks per image, EMA tea
            mean-pooled encoder features, test split, against the same encoder at random init.
 Command:   make pretrain            (= KERAS_BACKEND=torch .venv/bin/python recipes/pretrain_image.py)
 Hardware:  2 CPU cores, no accelerator. Any backend: set KERAS_BACKEND=jax|tensorflow|torch.
-Time:      13 min of pre-training + 1 min of k-NN with PyTorch on 2 cores (4 epochs x 235 steps, ~0.8 s/step);
+Time:      12.5 min of pre-training + 1 min of k-NN with PyTorch on 2 cores (4 epochs x 235 steps, ~0.75 s/step);
            JAX and TensorFlow run the same script ~1.5-2x slower on this CPU.
-Expect:    k-NN top-1 81.0% pre-trained vs 59.4% at random init (docs/results.md, seed 0).
+Expect:    k-NN top-1 80.8% pre-trained vs 59.0% at random init (docs/results.md, seed 0).
 Smoke:     --smoke runs 2 small steps on 256 images and a 512-image k-NN, in seconds.
 Data:      `apt-get install dataset-fashion-mnist` (done by `make setup`); nothing is downloaded.
 """

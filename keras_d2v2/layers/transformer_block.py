@@ -69,6 +69,8 @@ class TransformerBlock(SavesRandomState, keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def build(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"TransformerBlock expects inputs of rank 3 (batch, tokens, dim), got shape {tuple(input_shape)}.")
         dim = input_shape[-1]
         if dim % self.num_heads:
             raise ValueError(f"`num_heads` ({self.num_heads}) must divide the token dimension ({dim}).")

@@ -1,0 +1,74 @@
+"""Fuzzed shapes and dtypes for the public layers: each call works or raises a ValueError that names
+the problem; never a backend error."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from keras_d2v2 import ContextualizedTargets, Data2Vec2, InverseBlockMasking, TransformerBlock
+
+FUZZ = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+DTYPES = st.sampled_from(["float32", "float16", "int32", "uint8", "float64"])
+
+
+def shapes(min_dims, max_dims):
+    return st.lists(st.integers(1, 9), min_size=min_dims, max_size=max_dims).map(tuple)
+
+
+@FUZZ
+@given(batch=st.integers(1, 3), tokens=st.integers(1, 70), mask_prob=st.floats(0.05, 0.95), clones=st.integers(1, 3))
+def test_masking_works_or_names_the_problem(batch, tokens, mask_prob, clones):
+    layer = InverseBlockMasking(mask_prob=mask_prob, clone_batch=clones, seed=0)
+    try:
+        mask = np.asarray(layer(np.zeros((batch, tokens, 1), "float32")))
+    except ValueError as error:
+        assert "square patch grid" in str(error) or "visible token" in str(error) or "masks no token" in str(error)
+        return
+    assert mask.shape == (batch * clones, tokens)
+    assert (mask.sum(1) == tokens - int(tokens * (1 - mask_prob))).all()
+
+
+@FUZZ
+@given(shape=shapes(1, 4), dtype=DTYPES)
+def test_transformer_block_works_or_names_the_problem(shape, dtype):
+    block = TransformerBlock(num_heads=2)
+    try:
+        out, ffn = block(np.ones(shape, dtype))
+    except ValueError as error:
+        assert any(word in str(error) for word in ("num_heads", "rank", "dtype", "shape")), str(error)
+        return
+    assert tuple(out.shape) == shape and tuple(ffn.shape) == shape
+
+
+@FUZZ
+@given(shape=shapes(1, 5), dtype=DTYPES)
+def test_model_input_works_or_names_the_problem(shape, dtype):
+    model = _MODEL
+    try:
+        model(np.ones(shape, dtype))
+    except ValueError as error:
+        assert "`images` must" in str(error), str(error)
+        return
+    assert shape[1:] == (32, 32, 3) and "float" in dtype
+
+
+@FUZZ
+@given(count=st.integers(0, 4), top_k=st.integers(1, 4), shape=shapes(3, 3))
+def test_targets_work_or_name_the_problem(count, top_k, shape):
+    try:
+        out = ContextualizedTargets(top_k=top_k)([np.ones(shape, "float32")] * count)
+    except ValueError as error:
+        assert f"`top_k`={top_k} is larger than the number of blocks ({count})" in str(error)
+        return
+    assert tuple(out.shape) == shape
+
+
+_MODEL = None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _model():
+    global _MODEL
+    _MODEL = Data2Vec2.image(preset="tiny_test", seed=0)
+    yield
