@@ -3,12 +3,13 @@ the problem; never a backend error."""
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from keras_d2v2 import ContextualizedTargets, Data2Vec2, InverseBlockMasking, TransformerBlock
 
-FUZZ = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Derandomized: CI runs the same examples every time; explicit @example()s pin cases found before.
+FUZZ = settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 DTYPES = st.sampled_from(["float32", "float16", "int32", "uint8", "float64"])
 
 
@@ -31,6 +32,7 @@ def test_masking_works_or_names_the_problem(batch, tokens, mask_prob, clones):
 
 @FUZZ
 @given(shape=shapes(1, 4), dtype=DTYPES)
+@example(shape=(1, 1, 2), dtype="int32")
 def test_transformer_block_works_or_names_the_problem(shape, dtype):
     block = TransformerBlock(num_heads=2)
     try:

@@ -135,6 +135,8 @@ class TransformerBlock(SavesRandomState, keras.layers.Layer):
         return self._dropout(self.fc2(x), self.activation_dropout, training)
 
     def call(self, x, attention_bias=None, training=None):
+        if "float" not in keras.backend.standardize_dtype(x.dtype):
+            raise ValueError(f"TransformerBlock expects floating-point inputs, got dtype {keras.backend.standardize_dtype(x.dtype)}.")
         if self.layer_norm_first:
             x = x + self._drop_path(self.attention(self.norm1(x), attention_bias, training), training)
             ffn = self.mlp(self.norm2(x), training)
