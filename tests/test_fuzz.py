@@ -1,8 +1,9 @@
 """Fuzzed shapes and dtypes for the public layers: each call works or raises a ValueError that names
 the problem; never a backend error."""
 
+import functools
+
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -46,9 +47,8 @@ def test_transformer_block_works_or_names_the_problem(shape, dtype):
 @FUZZ
 @given(shape=shapes(1, 5), dtype=DTYPES)
 def test_model_input_works_or_names_the_problem(shape, dtype):
-    model = _MODEL
     try:
-        model(np.ones(shape, dtype))
+        tiny_model()(np.ones(shape, dtype))
     except ValueError as error:
         assert "`images` must" in str(error), str(error)
         return
@@ -66,11 +66,7 @@ def test_targets_work_or_name_the_problem(count, top_k, shape):
     assert tuple(out.shape) == shape
 
 
-_MODEL = None
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _model():
-    global _MODEL
-    _MODEL = Data2Vec2.image(preset="tiny_test", seed=0)
-    yield
+@functools.cache
+def tiny_model():
+    return Data2Vec2.image(preset="tiny_test", seed=0)

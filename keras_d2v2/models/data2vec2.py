@@ -188,7 +188,10 @@ class Data2Vec2(SavesRandomState, keras.Model):
         else:
             mask = ops.cast(self._per_sample(mask, "mask", (self.num_tokens,)), "float32")
         ids_keep, ids_restore = mask_info(mask, self.num_visible)
-        visible = gather_tokens(ops.repeat(tokens, self.masking.clone_batch, axis=0), ids_keep)
+        # Visible tokens of each clone straight from the un-repeated tokens: no (B * M, T, D) copy.
+        sample = ops.arange(ops.shape(ids_keep)[0], dtype="int32") // self.masking.clone_batch
+        flat_ids = sample[:, None] * self.num_tokens + ops.cast(ids_keep, "int32")
+        visible = ops.take(ops.reshape(tokens, (-1, self.embed_dim)), flat_ids, axis=0)
         hidden, _ = self.encoder.encode(visible, training=training)
 
         x = hidden
