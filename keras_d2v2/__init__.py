@@ -1,6 +1,6 @@
 """keras_d2v2: data2vec 2.0 self-supervised pre-training for Keras 3 (TensorFlow, JAX, PyTorch)."""
 
-from keras_d2v2 import callbacks, layers, presets
+from keras_d2v2 import callbacks, data, layers, presets
 from keras_d2v2.callbacks import EMATeacher, RepresentationCollapse, TrainingDiverged, TrainingGuard
 from keras_d2v2.layers import (
     ContextualizedTargets,
@@ -9,6 +9,7 @@ from keras_d2v2.layers import (
     PatchEmbedding,
     TransformerBlock,
 )
+from keras_d2v2.data import ShuffledBatches
 from keras_d2v2.models import Data2Vec2, ImageEncoder
 
 __version__ = "0.1.0"

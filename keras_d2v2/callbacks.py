@@ -54,6 +54,11 @@ class EMATeacher(keras.callbacks.Callback):
 class TrainingGuard(keras.callbacks.Callback):
     """Stops training with an error when the loss is not finite or the representation collapses.
 
+    The loss is checked after every batch and every weight (model and optimizer) at the end of
+    every epoch. `Data2Vec2.fit()` runs this callback before all others, so a checkpointing
+    callback after it (e.g. `BackupAndRestore`) never saves a diverged state: the last checkpoint
+    on disk is the last good one.
+
     The collapse check is the reference's: after `check_after` updates, training stops when
     `target_var` (the per-dimension std of the masked targets, averaged) falls below
     `min_target_var`, or `pred_var` below `min_pred_var`. Arguments left as None use the model's
@@ -76,6 +81,21 @@ class TrainingGuard(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = self._step
+
+    def on_epoch_end(self, epoch, logs=None):
+        # A finite loss does not prove the last update finite, and the epoch's checkpoint callbacks
+        # run after this one: stopping here keeps the previous checkpoint as the last good one.
+        optimizer_variables = self.model.optimizer.variables if self.model.optimizer else []
+        for variable in self.model.variables + optimizer_variables:
+            if "float" not in str(variable.dtype):
+                continue
+            if not bool(keras.ops.convert_to_numpy(keras.ops.all(keras.ops.isfinite(variable)))):
+                self.model.stop_training = True
+                raise TrainingDiverged(
+                    f"`{variable.path}` holds NaN or inf at the end of epoch {epoch + 1} (update "
+                    f"{self._step}); the epoch's state was not checkpointed. Lower the learning rate, "
+                    "clip gradients (`global_clipnorm`), or check the inputs for NaN/inf."
+                )
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}

@@ -18,7 +18,8 @@ from keras_d2v2.data import FASHION_MNIST_DIR
 def test_pretrain_image_smoke(tmp_path):
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
     result = subprocess.run(
-        [sys.executable, str(REPO / "recipes" / "pretrain_image.py"), "--smoke", "--save", str(tmp_path / "m.keras")],
+        [sys.executable, str(REPO / "recipes" / "pretrain_image.py"), "--smoke", "--save", str(tmp_path / "m.keras"),
+         "--backup", str(tmp_path / "backup")],
         capture_output=True,
         text=True,
         env=env,
@@ -27,3 +28,4 @@ def test_pretrain_image_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
     assert (tmp_path / "m.keras").exists()
+    assert not (tmp_path / "backup").exists()  # resume state is removed once training has finished

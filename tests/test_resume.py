@@ -1,5 +1,6 @@
 """Exact resume: a training process killed mid-epoch and restarted with BackupAndRestore ends
-bit-for-bit where the uninterrupted run ends (student, teacher, EMA state, mask RNG, optimizer)."""
+bit-for-bit where the uninterrupted run ends (student, teacher, EMA state, mask RNG, optimizer),
+with data shuffled differently every epoch."""
 
 import os
 import signal
@@ -24,7 +25,7 @@ class KillMidEpoch(keras.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind
 
 callbacks = [keras.callbacks.BackupAndRestore(sys.argv[1]), KillMidEpoch()]
-model.fit(x, batch_size=2, epochs=3, shuffle=False, verbose=0, callbacks=callbacks)
+model.fit(keras_d2v2.ShuffledBatches(x, batch_size=2, seed=0), epochs=3, verbose=0, callbacks=callbacks)
 np.savez(sys.argv[2], *[keras.ops.convert_to_numpy(v) for v in model.variables + model.optimizer.variables])
 """
 

@@ -1,1 +1,2 @@
 from keras_d2v2.data.fashion_mnist import FASHION_MNIST_DIR, load_fashion_mnist, standardize_images
+from keras_d2v2.data.shuffled_batches import SetDataEpoch, ShuffledBatches

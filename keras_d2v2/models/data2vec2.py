@@ -295,18 +295,32 @@ class Data2Vec2(SavesRandomState, keras.Model):
         self.compile(**keras.saving.deserialize_keras_object(config))
         self.optimizer.build(self.trainable_variables)
 
-    def fit(self, *args, callbacks=None, **kwargs):
+    def fit(self, x=None, *args, callbacks=None, **kwargs):
         """As `keras.Model.fit`; adds `EMATeacher` and `TrainingGuard` with the model's own settings
         when the caller did not pass them. The guard runs first, so that a checkpointing callback
-        never saves the state of a step whose loss was not finite."""
+        never saves the state of a step whose loss, or whose weights, were not finite.
+
+        With `x` a `keras_d2v2.data.ShuffledBatches`, each epoch's order is the dataset's own (set
+        as the epoch begins), so a run resumed by `BackupAndRestore` replays the same batches."""
         from keras_d2v2.callbacks import EMATeacher, TrainingGuard
+        from keras_d2v2.data.shuffled_batches import SetDataEpoch, ShuffledBatches
 
         callbacks = list(callbacks or [])
         guards = [c for c in callbacks if isinstance(c, TrainingGuard)] or [TrainingGuard()]
         callbacks = guards + [c for c in callbacks if not isinstance(c, TrainingGuard)]
         if not any(isinstance(c, EMATeacher) for c in callbacks):
             callbacks.append(EMATeacher())
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+        if isinstance(x, ShuffledBatches):
+            if kwargs.get("steps_per_epoch"):
+                # Keras then builds the next epoch's iterator before the epoch begins, and tf.data
+                # prefetches from it, so batches could be drawn in the previous epoch's order.
+                raise ValueError(
+                    "`steps_per_epoch` cannot be used with a `ShuffledBatches` dataset: an epoch is "
+                    f"the whole dataset ({len(x)} batches). Make the dataset smaller instead."
+                )
+            kwargs["shuffle"] = False
+            callbacks.append(SetDataEpoch(x))
+        return super().fit(x, *args, callbacks=callbacks, **kwargs)
 
     def get_config(self):
         config = super().get_config()

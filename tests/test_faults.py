@@ -1,0 +1,82 @@
+"""Faults during training: the guard stops the run and the last checkpoint on disk stays good."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_d2v2 import Data2Vec2, TrainingDiverged, TrainingGuard
+from keras_d2v2.data import ShuffledBatches
+
+
+def tiny():
+    keras.utils.set_random_seed(0)
+    model = Data2Vec2.image(preset="tiny_test", seed=0)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.05))
+    return model
+
+
+def images():
+    return np.random.default_rng(0).normal(size=(6, 32, 32, 3)).astype("float32")
+
+
+def state(model):
+    return [ops.convert_to_numpy(v).copy() for v in model.variables + model.optimizer.variables]
+
+
+class NaNInSecondEpoch(ShuffledBatches):
+    def __getitem__(self, index):
+        (batch,) = super().__getitem__(index)
+        if self.epoch == 1 and index == 1:
+            batch = batch.copy()
+            batch[0, 0, 0, 0] = np.nan
+        return (batch,)
+
+
+class EpochEndState(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.states = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.states.append(state(self.model))
+
+
+def test_divergence_keeps_the_last_good_checkpoint_and_resumes_from_it(tmp_path):
+    clean = tiny()
+    clean.fit(ShuffledBatches(images(), batch_size=2, seed=0), epochs=2, verbose=0)
+
+    faulted = tiny()
+    recorder = EpochEndState()
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(TrainingDiverged, match="became nan at update 5"):
+        faulted.fit(NaNInSecondEpoch(images(), batch_size=2, seed=0), epochs=2, verbose=0, callbacks=[backup, recorder])
+    assert len(recorder.states) == 1  # the diverging epoch never reached a checkpoint
+    assert any(np.isnan(a).any() for a in state(faulted))
+
+    resumed = tiny()
+    resumed.optimizer.build(resumed.trainable_variables)
+    resumed.load_weights(str(tmp_path / "backup" / "latest.weights.h5"))
+    assert len(recorder.states[0]) == len(state(resumed)) > 100
+    for a, b in zip(recorder.states[0], state(resumed)):
+        np.testing.assert_array_equal(a, b)
+        assert np.isfinite(a).all()
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    resumed = tiny()
+    resumed.fit(ShuffledBatches(images(), batch_size=2, seed=0), epochs=2, verbose=0, callbacks=[backup])
+    for a, b in zip(state(clean), state(resumed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_non_finite_weights_at_epoch_end_stop_before_any_checkpoint():
+    model = tiny()
+    guard = TrainingGuard()
+    guard.set_model(model)
+    guard.on_train_begin()
+    guard.on_epoch_end(0)  # all finite: nothing happens
+    variable = model.encoder.trainable_variables[3]
+    variable.assign(ops.convert_to_numpy(variable) * np.inf)
+    with pytest.raises(TrainingDiverged, match=rf"`{variable.path}` holds NaN or inf at the end of epoch 1"):
+        guard.on_epoch_end(0)
+    assert model.stop_training
