@@ -1,10 +1,12 @@
-"""Named image configurations: the reference's published ones, and tiny ones for tests and CPUs."""
+"""Named image and text configurations: the reference's published ones, and tiny ones for tests and CPUs."""
 
 from keras_d2v2.layers.contextualized_targets import ContextualizedTargets
-from keras_d2v2.layers.conv_decoder import ConvDecoder2D
+from keras_d2v2.layers.conv_decoder import ConvDecoder1D, ConvDecoder2D
 from keras_d2v2.layers.inverse_block_masking import InverseBlockMasking
+from keras_d2v2.layers.random_masking import RandomMasking
 from keras_d2v2.models.data2vec2 import Data2Vec2
 from keras_d2v2.models.image_encoder import ImageEncoder
+from keras_d2v2.models.text_encoder import TextEncoder
 
 _IMAGE_COMMON = dict(
     image_size=224, patch_size=16, channels=3, mlp_ratio=4.0, norm_eps=1e-6,
@@ -50,23 +52,36 @@ _OTHER_KEYS = ("mask_prob", "block_length", "mask_prob_adjust", "clone_batch", "
                "instance_norm_targets", "seed", "dtype")
 
 
-def image_model(preset=None, **overrides):
-    """Builds an image `Data2Vec2` from a preset name and/or flat keyword arguments."""
+def _config(presets, preset, overrides, allowed, modality):
     if preset is None:
-        config = dict(IMAGE_PRESETS["base"])
-    elif preset in IMAGE_PRESETS:
-        config = dict(IMAGE_PRESETS[preset])
+        config = dict(presets["base"])
+    elif preset in presets:
+        config = dict(presets[preset])
     else:
-        raise ValueError(f"Unknown image preset {preset!r}; available: {sorted(IMAGE_PRESETS)}.")
-    unknown = set(overrides) - set(_ENCODER_KEYS + _MODEL_KEYS + _OTHER_KEYS)
+        raise ValueError(f"Unknown {modality} preset {preset!r}; available: {sorted(presets)}.")
+    unknown = set(overrides) - set(allowed)
     if unknown:
-        raise ValueError(f"Unknown argument(s) {sorted(unknown)} for an image model.")
+        raise ValueError(f"Unknown argument(s) {sorted(unknown)} for a {modality} model.")
     config.update(overrides)
     seed = config.get("seed")
-    dtype = config.get("dtype")
+    return config, (lambda k: None if seed is None else seed + k)
 
-    def offset(k):
-        return None if seed is None else seed + k
+
+def _targets(config):
+    return ContextualizedTargets(
+        top_k=config["top_k"],
+        instance_norm_target_layer=config.get("instance_norm_target_layer", False),
+        layer_norm_target_layer=config.get("layer_norm_target_layer", False),
+        layer_norm_targets=config.get("layer_norm_targets", False),
+        instance_norm_targets=config.get("instance_norm_targets", False),
+        name="targets",
+    )
+
+
+def image_model(preset=None, **overrides):
+    """Builds an image `Data2Vec2` from a preset name and/or flat keyword arguments."""
+    config, offset = _config(IMAGE_PRESETS, preset, overrides, _ENCODER_KEYS + _MODEL_KEYS + _OTHER_KEYS, "image")
+    dtype = config.get("dtype")
 
     return Data2Vec2(
         encoder=ImageEncoder(**{k: config[k] for k in _ENCODER_KEYS if k in config}, seed=offset(100), dtype=dtype, name="encoder"),
@@ -80,14 +95,60 @@ def image_model(preset=None, **overrides):
             mask_prob_adjust=config["mask_prob_adjust"], clone_batch=config["clone_batch"], seed=offset(1),
             name="masking",
         ),
-        targets=ContextualizedTargets(
-            top_k=config["top_k"],
-            instance_norm_target_layer=config.get("instance_norm_target_layer", False),
-            layer_norm_target_layer=config.get("layer_norm_target_layer", False),
-            layer_norm_targets=config.get("layer_norm_targets", False),
-            instance_norm_targets=config.get("instance_norm_targets", False),
-            name="targets",
+        targets=_targets(config),
+        **{k: config[k] for k in _MODEL_KEYS if k in config},
+        seed=offset(2),
+        dtype=dtype,
+    )
+
+
+_TEXT_COMMON = dict(
+    vocab_size=50265, max_positions=512, pad_id=1, mlp_ratio=4.0, norm_eps=1e-5,
+    dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, post_mlp_dropout=0.1, embedding_dropout=0.1,
+    mask_prob=0.48, clone_batch=8,
+    decoder_groups=1, decoder_residual=False, decoder_projection_layers=2, decoder_projection_ratio=2.0,
+    decoder_input_dropout=0.1, instance_norm_target_layer=True,
+    mask_noise_std=0.01, loss_scale=1.0, cls_loss_weight=0.0,
+    ema_decay=0.9999, ema_end_decay=0.99999, ema_anneal_end_step=100_000,
+    min_target_var=0.1, min_pred_var=0.01,
+)
+
+TEXT_PRESETS = {
+    # examples/data2vec/config/v2/base_text_only_task.yaml (RoBERTa's GPT-2 BPE vocabulary + <mask>)
+    "base": dict(_TEXT_COMMON, embed_dim=768, depth=12, num_heads=12, top_k=12,
+                 decoder_dim=768, decoder_kernel=9, decoder_layers=5),
+    # The golden fixture's model (../shared/golden/text_config.json); for tests.
+    "tiny_test": dict(_TEXT_COMMON, vocab_size=100, max_positions=32, embed_dim=32, depth=2, num_heads=4, top_k=2,
+                      clone_batch=2, decoder_dim=32, decoder_kernel=9, decoder_layers=2, decoder_input_dropout=0.0,
+                      dropout=0.0, attention_dropout=0.0, post_mlp_dropout=0.0, embedding_dropout=0.0,
+                      ema_decay=0.9, ema_end_decay=0.99, ema_anneal_end_step=10),
+}
+
+_TEXT_ENCODER_KEYS = ("vocab_size", "max_positions", "pad_id", "embed_dim", "depth", "num_heads", "mlp_ratio",
+                      "norm_eps", "layer_norm_first", "dropout", "attention_dropout", "activation_dropout",
+                      "post_mlp_dropout", "embedding_dropout", "drop_path_rate")
+_TEXT_OTHER_KEYS = ("mask_prob", "clone_batch", "decoder_dim", "decoder_layers", "decoder_kernel", "decoder_groups",
+                    "decoder_residual", "decoder_projection_layers", "decoder_projection_ratio",
+                    "decoder_input_dropout", "top_k", "instance_norm_target_layer", "layer_norm_target_layer",
+                    "layer_norm_targets", "instance_norm_targets", "seed", "dtype")
+
+
+def text_model(preset=None, **overrides):
+    """Builds a text `Data2Vec2` from a preset name and/or flat keyword arguments."""
+    config, offset = _config(TEXT_PRESETS, preset, overrides, _TEXT_ENCODER_KEYS + _MODEL_KEYS + _TEXT_OTHER_KEYS, "text")
+    dtype = config.get("dtype")
+    return Data2Vec2(
+        encoder=TextEncoder(**{k: config[k] for k in _TEXT_ENCODER_KEYS if k in config}, seed=offset(100), dtype=dtype,
+                            name="encoder"),
+        decoder=ConvDecoder1D(
+            decoder_dim=config["decoder_dim"], num_layers=config["decoder_layers"], kernel_size=config["decoder_kernel"],
+            groups=config["decoder_groups"], residual=config["decoder_residual"],
+            projection_layers=config["decoder_projection_layers"], projection_ratio=config["decoder_projection_ratio"],
+            input_dropout=config["decoder_input_dropout"], dtype=dtype, name="decoder",
         ),
+        masking=RandomMasking(mask_prob=config["mask_prob"], clone_batch=config["clone_batch"], seed=offset(1),
+                              name="masking"),
+        targets=_targets(config),
         **{k: config[k] for k in _MODEL_KEYS if k in config},
         seed=offset(2),
         dtype=dtype,

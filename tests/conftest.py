@@ -9,13 +9,22 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN = pathlib.Path(os.environ.get("KERAS_D2V2_GOLDEN", REPO.parent / "shared" / "golden"))
 
 
-@pytest.fixture(scope="session")
-def golden_image():
-    path = GOLDEN / "image.npz"
+def _golden(name):
+    path = GOLDEN / f"{name}.npz"
     if not path.exists():
         pytest.skip(f"golden fixture {path} not found (set KERAS_D2V2_GOLDEN to the fixture folder)")
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def golden_image():
+    return _golden("image")
+
+
+@pytest.fixture(scope="session")
+def golden_text():
+    return _golden("text")
 
 
 def loss_and_grads(model, x):

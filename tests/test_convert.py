@@ -9,7 +9,7 @@ import pytest
 
 from conftest import assert_close
 from keras_d2v2 import Data2Vec2
-from keras_d2v2.convert import load_fairseq_image_weights, read_fairseq_checkpoint
+from keras_d2v2.convert import load_fairseq_weights, read_fairseq_checkpoint
 from test_golden_image import weights
 
 torch = pytest.importorskip("torch")
@@ -26,7 +26,7 @@ def test_reads_fairseq_checkpoint_with_teacher(golden_image, tmp_path):
     path = tmp_path / "checkpoint.pt"
     fairseq_checkpoint(golden_image, path)
     state = read_fairseq_checkpoint(path)
-    model = load_fairseq_image_weights(Data2Vec2.image(preset="tiny_test"), state)
+    model = load_fairseq_weights(Data2Vec2.image(preset="tiny_test"), state)
     images = np.transpose(golden_image["step0/input/source"], (0, 2, 3, 1))
     assert_close(model.teacher_targets(images), golden_image["step0/targets"])
 
@@ -34,10 +34,10 @@ def test_reads_fairseq_checkpoint_with_teacher(golden_image, tmp_path):
 def test_mismatched_state_dict_names_the_problem(golden_image):
     state = weights(golden_image, "init/student/")
     with pytest.raises(ValueError, match="has shape .* build the model with the checkpoint's sizes"):
-        load_fairseq_image_weights(Data2Vec2.image(preset="tiny_test", decoder_dim=64, decoder_groups=4), state)
+        load_fairseq_weights(Data2Vec2.image(preset="tiny_test", decoder_dim=64, decoder_groups=4), state)
     del state["blocks.0.norm1.weight"]
     with pytest.raises(ValueError, match=r"missing \['blocks.0.norm1.weight'\]"):
-        load_fairseq_image_weights(Data2Vec2.image(preset="tiny_test"), state)
+        load_fairseq_weights(Data2Vec2.image(preset="tiny_test"), state)
 
 
 class _Exploit:

@@ -10,6 +10,7 @@ from keras import ops
 from conftest import assert_close
 from keras_d2v2.layers import (
     ContextualizedTargets,
+    ConvDecoder1D,
     ConvDecoder2D,
     InverseBlockMasking,
     PatchEmbedding,
@@ -174,28 +175,41 @@ def test_transformer_block_rejects_heads_not_dividing_dim():
 
 
 # ---------------------------------------------------------------------------------- decoder
+def numpy_gelu(x):
+    return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+
+
 def numpy_decoder(decoder, x):
+    """Independent float64 decoder: direct per-group, per-offset sums over a padded (H, W) grid."""
     kernels = [ops.convert_to_numpy(w).astype(np.float64) for w in decoder.kernels]
     biases = [ops.convert_to_numpy(w).astype(np.float64) for w in decoder.biases]
-    projection = [ops.convert_to_numpy(w).astype(np.float64) for w in decoder.projection.weights]
     n, t, d = x.shape
-    side, k, g = decoder.side, decoder.kernel_size, decoder.groups
-    h = x.reshape(n, side, side, d)
+    two_d = isinstance(decoder, ConvDecoder2D)
+    k, g = decoder.kernel_size, decoder.groups
+    height, width = (math.isqrt(t),) * 2 if two_d else (t, 1)
+    kw = k if two_d else 1
+    h = x.reshape(n, height, width, d)
     for i in range(decoder.num_layers):
-        kernel, bias = kernels[i], biases[i]
+        kernel = kernels[i] if two_d else kernels[i][:, None]
         cin, cout = h.shape[-1], kernel.shape[-1]
-        padded = np.pad(h, ((0, 0), (k // 2, (k - 1) // 2), (k // 2, (k - 1) // 2), (0, 0)))
-        out = np.zeros((n, side, side, cout))
+        wpad = (k // 2, (k - 1) // 2) if two_d else (0, 0)
+        padded = np.pad(h, ((0, 0), (k // 2, (k - 1) // 2), wpad, (0, 0)))
+        out = np.zeros((n, height, width, cout))
         for grp in range(g):
             ci = slice(grp * cin // g, (grp + 1) * cin // g)
             co = slice(grp * cout // g, (grp + 1) * cout // g)
             for dy in range(k):
-                for dx in range(k):
-                    out[..., co] += padded[:, dy : dy + side, dx : dx + side, ci] @ kernel[dy, dx, :, co]
-        out = numpy_layer_norm(out + bias, 1e-5)
-        out = 0.5 * out * (1 + np.vectorize(math.erf)(out / math.sqrt(2)))
+                for dx in range(kw):
+                    out[..., co] += padded[:, dy : dy + height, dx : dx + width, ci] @ kernel[dy, dx, :, co]
+        out = numpy_gelu(numpy_layer_norm(out + biases[i], 1e-5))
         h = out + h if decoder.residual and cin == cout else out
-    return h.reshape(n, t, -1) @ projection[0] + projection[1]
+    h = h.reshape(n, t, -1)
+    for j, dense in enumerate(decoder.projections):
+        kernel, bias = (ops.convert_to_numpy(w).astype(np.float64) for w in dense.weights)
+        h = h @ kernel + bias
+        if j < len(decoder.projections) - 1:
+            h = numpy_gelu(h)
+    return h
 
 
 @pytest.mark.parametrize("conv_impl", ["native", "grouped_matmul"])
@@ -205,6 +219,23 @@ def test_conv_decoder_matches_numpy(kernel_size, dim, conv_impl):
     decoder = ConvDecoder2D(decoder_dim=16, num_layers=2, kernel_size=kernel_size, groups=4, conv_impl=conv_impl)
     x = np.random.default_rng(2).normal(size=(2, 16, dim)).astype("float32")
     assert_close(decoder(x), numpy_decoder(decoder, x.astype(np.float64)))
+    roundtrip(decoder, x)
+
+
+@pytest.mark.parametrize("conv_impl", ["native", "grouped_matmul"])
+@pytest.mark.parametrize(
+    "kwargs, dim",
+    [
+        (dict(kernel_size=7, groups=4, residual=True), 8),  # audio-style; first layer skips the residual
+        (dict(kernel_size=4, groups=4, residual=True), 16),  # even kernel: SamePad drops the last frame
+        (dict(kernel_size=9, groups=1, residual=False, projection_layers=2), 16),  # the text decoder
+    ],
+)
+def test_conv_decoder_1d_matches_numpy(kwargs, dim, conv_impl):
+    decoder = ConvDecoder1D(decoder_dim=16, num_layers=2, conv_impl=conv_impl, **kwargs)
+    x = np.random.default_rng(5).normal(size=(3, 11, dim)).astype("float32")
+    assert_close(decoder(x), numpy_decoder(decoder, x.astype(np.float64)))
+    assert len(decoder.projections) == kwargs.get("projection_layers", 1)
     roundtrip(decoder, x)
 
 

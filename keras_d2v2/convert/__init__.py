@@ -1,5 +1,5 @@
 from keras_d2v2.convert.fairseq import (
-    fairseq_image_weight_names,
-    load_fairseq_image_weights,
+    fairseq_weight_names,
+    load_fairseq_weights,
     read_fairseq_checkpoint,
 )

@@ -11,6 +11,7 @@ import pickle
 import numpy as np
 
 PREFIX = "modality_encoders.IMAGE."
+TEXT_PREFIX = "modality_encoders.TEXT."
 
 
 def _dense(weight):
@@ -19,6 +20,10 @@ def _dense(weight):
 
 def _conv(weight):
     return np.transpose(weight, (2, 3, 1, 0))
+
+
+def _conv1d(weight):
+    return np.transpose(weight, (2, 1, 0))
 
 
 def _same(weight):
@@ -62,15 +67,47 @@ def _encoder_names(encoder):
     return names
 
 
-def fairseq_image_weight_names(model):
-    """`(student, teacher)` dicts: fairseq parameter name -> (our variable, layout transform)."""
-    student = _encoder_names(model.encoder)
-    decoder = model.decoder
+def _decoder_names(prefix, decoder, conv):
+    names = {}
     for i, (kernel, bias) in enumerate(zip(decoder.kernels, decoder.biases)):
-        student[f"{PREFIX}decoder.blocks.{i}.0.weight"] = (kernel, _conv)
-        student[f"{PREFIX}decoder.blocks.{i}.0.bias"] = (bias, _same)
-    student[f"{PREFIX}decoder.proj.weight"] = (decoder.projection.kernel, _dense)
-    student[f"{PREFIX}decoder.proj.bias"] = (decoder.projection.bias, _same)
+        names[f"{prefix}decoder.blocks.{i}.0.weight"] = (kernel, conv)
+        names[f"{prefix}decoder.blocks.{i}.0.bias"] = (bias, _same)
+    if len(decoder.projections) == 1:
+        names[f"{prefix}decoder.proj.weight"] = (decoder.projections[0].kernel, _dense)
+        names[f"{prefix}decoder.proj.bias"] = (decoder.projections[0].bias, _same)
+    else:
+        # nn.Sequential(Linear, GELU, Linear, ...): the Linear layers sit at even indices.
+        for i, dense in enumerate(decoder.projections):
+            names[f"{prefix}decoder.proj.{2 * i}.weight"] = (dense.kernel, _dense)
+            names[f"{prefix}decoder.proj.{2 * i}.bias"] = (dense.bias, _same)
+    return names
+
+
+def _text_names(model):
+    encoder = model.encoder
+    student = {
+        f"{TEXT_PREFIX}local_encoder.embed_tokens.weight": (encoder.token_embedding, _same),
+        f"{TEXT_PREFIX}local_encoder.embed_positions.weight": (encoder.position_embedding, _same),
+        f"{TEXT_PREFIX}local_encoder.layernorm_embedding.weight": (encoder.embedding_norm.gamma, _same),
+        f"{TEXT_PREFIX}local_encoder.layernorm_embedding.bias": (encoder.embedding_norm.beta, _same),
+    }
+    student.update(_decoder_names(TEXT_PREFIX, model.decoder, _conv1d))
+    teacher = {}
+    for i, (block, teacher_block) in enumerate(zip(encoder.blocks, model.teacher.blocks)):
+        student.update(_block_names(f"blocks.{i}.", block))
+        # `ema_encoder_only`: the EMA module holds the blocks alone, named from 0.
+        teacher.update(_block_names(f"{i}.", teacher_block))
+    return student, teacher
+
+
+def fairseq_weight_names(model):
+    """`(student, teacher)` dicts: fairseq parameter name -> (our variable, layout transform)."""
+    from keras_d2v2.models.text_encoder import TextEncoder
+
+    if isinstance(model.encoder, TextEncoder):
+        return _text_names(model)
+    student = _encoder_names(model.encoder)
+    student.update(_decoder_names(PREFIX, model.decoder, _conv))
     return student, _encoder_names(model.teacher)
 
 
@@ -92,8 +129,8 @@ def _assign(names, state_dict, what):
         variable.assign(value)
 
 
-def load_fairseq_image_weights(model, state_dict, teacher_state_dict=None):
-    """Assigns reference weights to an image `Data2Vec2`.
+def load_fairseq_weights(model, state_dict, teacher_state_dict=None):
+    """Assigns reference weights to an image or text `Data2Vec2`.
 
     Args:
         model: a `Data2Vec2` whose sizes match the checkpoint (e.g. `Data2Vec2.image(preset="base")`).
@@ -106,10 +143,10 @@ def load_fairseq_image_weights(model, state_dict, teacher_state_dict=None):
     """
     teacher = teacher_state_dict if teacher_state_dict is not None else state_dict.get("_ema")
     student = {k: _to_numpy(v) for k, v in state_dict.items() if k != "_ema"}
-    student_names, teacher_names = fairseq_image_weight_names(model)
+    student_names, teacher_names = fairseq_weight_names(model)
     _assign(student_names, student, "student")
     if teacher is None:
-        model.teacher.set_weights(model.encoder.get_weights())
+        model.reset_teacher()
     else:
         _assign(teacher_names, {k: _to_numpy(v) for k, v in teacher.items()}, "teacher")
     return model

@@ -1,5 +1,6 @@
 from keras_d2v2.layers.contextualized_targets import ContextualizedTargets
-from keras_d2v2.layers.conv_decoder import ConvDecoder2D
+from keras_d2v2.layers.conv_decoder import ConvDecoder1D, ConvDecoder2D
 from keras_d2v2.layers.inverse_block_masking import InverseBlockMasking, mask_info
+from keras_d2v2.layers.random_masking import RandomMasking
 from keras_d2v2.layers.patch_embedding import PatchEmbedding, sincos_positions_2d
 from keras_d2v2.layers.transformer_block import TransformerBlock

@@ -6,10 +6,17 @@ from keras import ops
 TARGET_EPS = 1e-5
 
 
-def instance_norm_over_tokens(x, eps=TARGET_EPS):
-    """Normalizes each channel over the token axis, per sample (`F.instance_norm` on `(B, D, T)`)."""
-    mean = ops.mean(x, axis=1, keepdims=True)
-    var = ops.mean(ops.square(x - mean), axis=1, keepdims=True)
+def instance_norm_over_tokens(x, eps=TARGET_EPS, weights=None):
+    """Normalizes each channel over the token axis, per sample (`F.instance_norm` on `(B, D, T)`).
+    With `weights` `(B, T)` (0 at padding), the statistics come from the weighted tokens only."""
+    if weights is None:
+        mean = ops.mean(x, axis=1, keepdims=True)
+        var = ops.mean(ops.square(x - mean), axis=1, keepdims=True)
+    else:
+        w = weights[..., None]
+        count = ops.maximum(ops.sum(w, axis=1, keepdims=True), 1.0)
+        mean = ops.sum(x * w, axis=1, keepdims=True) / count
+        var = ops.sum(ops.square(x - mean) * w, axis=1, keepdims=True) / count
     return (x - mean) * ops.rsqrt(var + eps)
 
 
@@ -29,7 +36,8 @@ class ContextualizedTargets(keras.layers.Layer):
     norm over tokens per channel, or LayerNorm over features), averages them, and optionally
     normalizes the average (LayerNorm over features, or instance norm over tokens). All norms
     are non-affine with eps 1e-5. Images use per-layer instance norm + final LayerNorm; audio and
-    base text use per-layer instance norm only.
+    base text use per-layer instance norm only. An optional `padding_mask` `(B, T)` (True at
+    padding) keeps padded tokens out of the instance-norm statistics.
 
     Args:
         top_k: int, number of final blocks averaged (`average_top_k_layers`).
@@ -64,16 +72,18 @@ class ContextualizedTargets(keras.layers.Layer):
         self.layer_norm_targets = layer_norm_targets
         self.instance_norm_targets = instance_norm_targets
 
-    def call(self, layer_results):
+    def call(self, layer_results, padding_mask=None):
         if len(layer_results) < self.top_k:
             raise ValueError(
                 f"`top_k`={self.top_k} is larger than the number of blocks ({len(layer_results)})."
             )
+        # The reference includes padding in the token statistics; here padding never counts.
+        weights = None if padding_mask is None else 1.0 - ops.cast(padding_mask, "float32")
         total = None
         for y in layer_results[-self.top_k :]:
             y = ops.cast(y, "float32")
             if self.instance_norm_target_layer:
-                y = instance_norm_over_tokens(y)
+                y = instance_norm_over_tokens(y, weights=weights)
             if self.layer_norm_target_layer:
                 y = layer_norm_over_features(y)
             total = y if total is None else total + y
@@ -81,7 +91,7 @@ class ContextualizedTargets(keras.layers.Layer):
         if self.layer_norm_targets:
             y = layer_norm_over_features(y)
         if self.instance_norm_targets:
-            y = instance_norm_over_tokens(y)
+            y = instance_norm_over_tokens(y, weights=weights)
         return y
 
     def compute_output_shape(self, input_shape):

@@ -1,4 +1,4 @@
-"""The data2vec 2.0 convolutional decoder (`Decoder2d`)."""
+"""The data2vec 2.0 convolutional decoders (`Decoder2d`, `Decoder1d`)."""
 
 import math
 
@@ -42,9 +42,134 @@ def torch_default_uniform(fan_in):
     return keras.initializers.RandomUniform(-limit, limit)
 
 
+class _ConvDecoder(keras.layers.Layer):
+    """Conv decoder over a 1-D sequence or a 2-D grid of tokens; see `ConvDecoder2D`/`ConvDecoder1D`."""
+
+    spatial_rank = None
+
+    def __init__(
+        self,
+        *,
+        decoder_dim=768,
+        num_layers=6,
+        kernel_size=3,
+        groups=16,
+        residual=True,
+        projection_layers=1,
+        projection_ratio=2.0,
+        input_dropout=0.0,
+        conv_impl="auto",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if conv_impl not in ("auto", "native", "grouped_matmul"):
+            raise ValueError(f"`conv_impl` must be 'auto', 'native' or 'grouped_matmul', got {conv_impl!r}.")
+        if decoder_dim % groups:
+            raise ValueError(f"`groups` ({groups}) must divide `decoder_dim` ({decoder_dim}).")
+        if int(projection_layers) != projection_layers or projection_layers < 1:
+            raise ValueError(f"`projection_layers` must be an integer >= 1, got {projection_layers}.")
+        self.decoder_dim = decoder_dim
+        self.num_layers = num_layers
+        self.kernel_size = kernel_size
+        self.groups = groups
+        self.residual = residual
+        self.projection_layers = int(projection_layers)
+        self.projection_ratio = projection_ratio
+        self.input_dropout = input_dropout
+        self.conv_impl = conv_impl
+
+    def _grid(self, num_tokens):
+        """The token layout `(height, width)` the convolutions run over."""
+        raise NotImplementedError
+
+    def build(self, input_shape):
+        num_tokens, dim = input_shape[-2], input_shape[-1]
+        if num_tokens is not None:
+            self._grid(num_tokens)
+        if dim % self.groups:
+            raise ValueError(f"`groups` ({self.groups}) must divide the token dimension ({dim}).")
+        kernel_window = (self.kernel_size,) * self.spatial_rank
+        self.kernels, self.biases, self.norms = [], [], []
+        channels = dim
+        for i in range(self.num_layers):
+            init = torch_default_uniform(channels // self.groups * self.kernel_size**self.spatial_rank)
+            self.kernels.append(
+                self.add_weight(
+                    shape=kernel_window + (channels // self.groups, self.decoder_dim), initializer=init, name=f"conv{i}_kernel"
+                )
+            )
+            self.biases.append(self.add_weight(shape=(self.decoder_dim,), initializer=init, name=f"conv{i}_bias"))
+            norm = keras.layers.LayerNormalization(
+                epsilon=1e-5, center=False, scale=False, dtype=self.dtype_policy, name=f"norm{i}"
+            )
+            norm.build((None, None, None, self.decoder_dim))
+            self.norms.append(norm)
+            channels = self.decoder_dim
+        # The reference's projection: Linear(decoder_dim -> decoder_dim * ratio) -> GELU -> ... -> Linear(-> D).
+        self.projections = []
+        widths = [self.decoder_dim]
+        for i in range(self.projection_layers - 1):
+            widths.append(int(widths[-1] * self.projection_ratio) if i == 0 else widths[-1])
+        widths.append(dim)
+        for i, (fan_in, units) in enumerate(zip(widths[:-1], widths[1:])):
+            dense = keras.layers.Dense(
+                units,
+                kernel_initializer=torch_default_uniform(fan_in),
+                bias_initializer=torch_default_uniform(fan_in),
+                dtype=self.dtype_policy,
+                name="projection" if self.projection_layers == 1 else f"projection{i}",
+            )
+            dense.build((None, None, fan_in))
+            self.projections.append(dense)
+
+    def _conv(self, x, kernel, bias):
+        before, after = self.kernel_size // 2, (self.kernel_size - 1) // 2
+        width_pad = [before, after] if self.spatial_rank == 2 else [0, 0]
+        x = ops.pad(x, [[0, 0], [before, after], width_pad, [0, 0]])
+        kernel = ops.cast(kernel, x.dtype)
+        if self.spatial_rank == 1:
+            kernel = ops.expand_dims(kernel, 1)
+        as_matmul = self.conv_impl == "grouped_matmul" or (self.conv_impl == "auto" and _xla_on_cpu())
+        x = grouped_conv2d_matmul(x, kernel, self.groups) if as_matmul else ops.conv(x, kernel, padding="valid")
+        return x + ops.cast(bias, x.dtype)
+
+    def call(self, x):
+        dim = x.shape[-1]
+        height, width = self._grid(x.shape[1])
+        x = ops.reshape(x, (-1, height, width, dim))
+        for kernel, bias, norm in zip(self.kernels, self.biases, self.norms):
+            residual = x
+            x = self._conv(x, kernel, bias)
+            x = ops.gelu(norm(x), approximate=False)
+            if self.residual and residual.shape[-1] == x.shape[-1]:
+                x = x + residual
+        x = ops.reshape(x, (-1, height * width, self.decoder_dim))
+        for i, dense in enumerate(self.projections):
+            x = dense(x) if i == len(self.projections) - 1 else ops.gelu(dense(x), approximate=False)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            decoder_dim=self.decoder_dim,
+            num_layers=self.num_layers,
+            kernel_size=self.kernel_size,
+            groups=self.groups,
+            residual=self.residual,
+            projection_layers=self.projection_layers,
+            projection_ratio=self.projection_ratio,
+            input_dropout=self.input_dropout,
+            conv_impl=self.conv_impl,
+        )
+        return config
+
+
 @keras.saving.register_keras_serializable(package="keras_d2v2")
-class ConvDecoder2D(keras.layers.Layer):
-    """Grouped-conv decoder over the patch grid that regresses the teacher's targets.
+class ConvDecoder2D(_ConvDecoder):
+    """Grouped-conv decoder over the patch grid that regresses the teacher's targets (`Decoder2d`).
 
     Input `(N, T, D)` tokens in row-major grid order (visible tokens and mask fill). Each of
     `num_layers` layers is a grouped `kernel_size x kernel_size` conv (PyTorch padding: `k//2`
@@ -58,6 +183,8 @@ class ConvDecoder2D(keras.layers.Layer):
         kernel_size: int, conv kernel side.
         groups: int, conv groups; must divide both `D` and `decoder_dim`.
         residual: bool, the residual rule above.
+        projection_layers: int, Dense layers mapping back to `D` (GELU between them); 1 in the reference.
+        projection_ratio: float, width of the first hidden projection relative to `decoder_dim`.
         input_dropout: float, dropout on the encoder output before the fill (`decoder.input_dropout`).
         conv_impl: "auto", "native" (`ops.conv`) or "grouped_matmul" (`grouped_conv2d_matmul`);
             "auto" picks a grouped matmul for XLA (JAX, TensorFlow) on CPU and native otherwise.
@@ -69,98 +196,32 @@ class ConvDecoder2D(keras.layers.Layer):
     (2, 64, 16)
     """
 
-    def __init__(
-        self,
-        *,
-        decoder_dim=768,
-        num_layers=6,
-        kernel_size=3,
-        groups=16,
-        residual=True,
-        input_dropout=0.0,
-        conv_impl="auto",
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if conv_impl not in ("auto", "native", "grouped_matmul"):
-            raise ValueError(f"`conv_impl` must be 'auto', 'native' or 'grouped_matmul', got {conv_impl!r}.")
-        if decoder_dim % groups:
-            raise ValueError(f"`groups` ({groups}) must divide `decoder_dim` ({decoder_dim}).")
-        self.decoder_dim = decoder_dim
-        self.num_layers = num_layers
-        self.kernel_size = kernel_size
-        self.groups = groups
-        self.residual = residual
-        self.input_dropout = input_dropout
-        self.conv_impl = conv_impl
+    spatial_rank = 2
 
-    def build(self, input_shape):
-        num_tokens, dim = input_shape[-2], input_shape[-1]
+    def _grid(self, num_tokens):
         side = math.isqrt(num_tokens)
         if side * side != num_tokens:
             raise ValueError(f"ConvDecoder2D needs a square token grid, got {num_tokens} tokens.")
-        if dim % self.groups:
-            raise ValueError(f"`groups` ({self.groups}) must divide the token dimension ({dim}).")
-        self.side = side
-        self.kernels, self.biases, self.norms = [], [], []
-        channels = dim
-        for i in range(self.num_layers):
-            init = torch_default_uniform(channels // self.groups * self.kernel_size**2)
-            self.kernels.append(
-                self.add_weight(
-                    shape=(self.kernel_size, self.kernel_size, channels // self.groups, self.decoder_dim),
-                    initializer=init,
-                    name=f"conv{i}_kernel",
-                )
-            )
-            self.biases.append(self.add_weight(shape=(self.decoder_dim,), initializer=init, name=f"conv{i}_bias"))
-            norm = keras.layers.LayerNormalization(
-                epsilon=1e-5, center=False, scale=False, dtype=self.dtype_policy, name=f"norm{i}"
-            )
-            norm.build((None, None, None, self.decoder_dim))
-            self.norms.append(norm)
-            channels = self.decoder_dim
-        self.projection = keras.layers.Dense(
-            dim,
-            kernel_initializer=torch_default_uniform(self.decoder_dim),
-            bias_initializer=torch_default_uniform(self.decoder_dim),
-            dtype=self.dtype_policy,
-            name="projection",
-        )
-        self.projection.build((None, None, self.decoder_dim))
+        return side, side
 
-    def _conv(self, x, kernel, bias):
-        before, after = self.kernel_size // 2, (self.kernel_size - 1) // 2
-        x = ops.pad(x, [[0, 0], [before, after], [before, after], [0, 0]])
-        kernel = ops.cast(kernel, x.dtype)
-        as_matmul = self.conv_impl == "grouped_matmul" or (self.conv_impl == "auto" and _xla_on_cpu())
-        x = grouped_conv2d_matmul(x, kernel, self.groups) if as_matmul else ops.conv(x, kernel, padding="valid")
-        return x + ops.cast(bias, x.dtype)
 
-    def call(self, x):
-        dim = x.shape[-1]
-        x = ops.reshape(x, (-1, self.side, self.side, dim))
-        for kernel, bias, norm in zip(self.kernels, self.biases, self.norms):
-            residual = x
-            x = self._conv(x, kernel, bias)
-            x = ops.gelu(norm(x), approximate=False)
-            if self.residual and residual.shape[-1] == x.shape[-1]:
-                x = x + residual
-        x = ops.reshape(x, (-1, self.side * self.side, self.decoder_dim))
-        return self.projection(x)
+@keras.saving.register_keras_serializable(package="keras_d2v2")
+class ConvDecoder1D(_ConvDecoder):
+    """Grouped-conv decoder over a token sequence (`Decoder1d`), for audio frames and text tokens.
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    As `ConvDecoder2D` with 1-D convolutions of width `kernel_size` along the sequence (an even
+    kernel drops the last frame, as the reference's `SamePad`). The published text decoder uses
+    `groups=1`, `residual=False` and `projection_layers=2`; the audio decoder `groups=16`,
+    `residual=True`, one projection.
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            decoder_dim=self.decoder_dim,
-            num_layers=self.num_layers,
-            kernel_size=self.kernel_size,
-            groups=self.groups,
-            residual=self.residual,
-            input_dropout=self.input_dropout,
-            conv_impl=self.conv_impl,
-        )
-        return config
+    Example:
+    >>> decoder = ConvDecoder1D(decoder_dim=32, num_layers=2, kernel_size=9, groups=1, residual=False,
+    ...                         projection_layers=2)
+    >>> decoder(np.zeros((2, 16, 32), "float32")).shape
+    (2, 16, 32)
+    """
+
+    spatial_rank = 1
+
+    def _grid(self, num_tokens):
+        return num_tokens, 1

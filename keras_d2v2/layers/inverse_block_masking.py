@@ -22,6 +22,25 @@ def mask_info(mask, num_visible):
     return ids_shuffle[:, :num_visible], ids_restore
 
 
+def num_visible_tokens(mask_prob, num_tokens):
+    """Visible tokens per row, `int(T * (1 - mask_prob))` as in the reference; at least 1, fewer than T."""
+    visible = int(num_tokens * (1 - mask_prob))
+    if visible < 1:
+        raise ValueError(
+            f"`mask_prob`={mask_prob} leaves no visible token out of {num_tokens}; "
+            f"use a mask_prob below {1 - 1 / num_tokens:.4f}."
+        )
+    if visible >= num_tokens:
+        raise ValueError(f"`mask_prob`={mask_prob} masks no token out of {num_tokens}.")
+    return visible
+
+
+def keep_top_k(scores, num_visible):
+    """Mask `(rows, T)` (1 = masked) that keeps the `num_visible` highest scores of each row."""
+    _, kept = ops.top_k(scores, num_visible, sorted=False)
+    return 1.0 - ops.max(ops.one_hot(kept, scores.shape[1], dtype="float32"), axis=1)
+
+
 @keras.saving.register_keras_serializable(package="keras_d2v2")
 class InverseBlockMasking(SavesRandomState, keras.layers.Layer):
     """Draws `clone_batch` independent inverse block masks per sample, inside the compiled step.
@@ -69,15 +88,8 @@ class InverseBlockMasking(SavesRandomState, keras.layers.Layer):
 
     def num_visible(self, num_tokens):
         """Visible patches per row for a grid of `num_tokens` (the reference's `int(T * (1 - p))`)."""
-        visible = int(num_tokens * (1 - self.mask_prob))
-        if visible < 1:
-            raise ValueError(
-                f"`mask_prob`={self.mask_prob} leaves no visible token out of {num_tokens}; "
-                f"use a mask_prob below {1 - 1 / num_tokens:.4f}."
-            )
-        if visible >= num_tokens:
-            raise ValueError(f"`mask_prob`={self.mask_prob} masks no token out of {num_tokens}.")
-        return visible
+        self.grid_side(num_tokens)
+        return num_visible_tokens(self.mask_prob, num_tokens)
 
     def grid_side(self, num_tokens):
         side = math.isqrt(num_tokens)
@@ -101,9 +113,7 @@ class InverseBlockMasking(SavesRandomState, keras.layers.Layer):
         # Block cells outrank all others, so top-k keeps a uniformly random subset of the block
         # cells when there are too many and adds uniformly random single cells when too few.
         scores = in_block + keras.random.uniform((rows, num_tokens), seed=self.seed_generator)
-        _, kept = ops.top_k(scores, visible, sorted=False)
-        is_visible = ops.max(ops.one_hot(kept, num_tokens, dtype="float32"), axis=1)
-        return 1.0 - is_visible
+        return keep_top_k(scores, visible)
 
     def _blocks(self, rows, side):
         """(rows, side**2) indicator of the union of the randomly placed visible blocks."""

@@ -120,23 +120,26 @@ class Data2Vec2(SavesRandomState, keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self._ema_defaults = (ema_decay, ema_end_decay, ema_anneal_end_step)
 
-        self.num_tokens = self.encoder.num_patches
-        self.num_visible = self.masking.num_visible(self.num_tokens)
-        self.masking.grid_side(self.num_tokens)
+        # Images have a fixed number of tokens (checked here); text takes any length per batch.
+        self.num_tokens = self.encoder.num_tokens
+        self.num_visible = None if self.num_tokens is None else self.masking.num_visible(self.num_tokens)
         self.embed_dim = self.encoder.embed_dim
 
-        self.teacher = self.encoder.__class__.from_config({**self.encoder.get_config(), "name": "teacher"})
-        image_shape = (None, self.encoder.image_size, self.encoder.image_size, self.encoder.channels)
+        self.teacher = self.encoder.__class__.from_config(self.encoder.teacher_config())
         # Layers deserialized from a `.keras` file arrive already built.
-        for layer, shape in ((self.encoder, image_shape), (self.teacher, image_shape), (self.decoder, (None, self.num_tokens, self.embed_dim))):
+        for layer, shape in ((self.encoder, None), (self.teacher, None), (self.decoder, (None, self.num_tokens, self.embed_dim))):
             if not layer.built:
                 layer.build(shape)
         # After build: sublayers made in build() would otherwise come out trainable.
         self.teacher.trainable = False
-        self.teacher.set_weights(self.encoder.get_weights())
-        for student, teacher in self._teacher_pairs():
-            if student.path.split("/", 1)[1] != teacher.path.split("/", 1)[1]:
-                raise RuntimeError(f"Teacher weight {teacher.path} is paired with student weight {student.path}.")
+        student_by_path = {v.path.split("/", 1)[1]: v for v in self.encoder.weights}
+        self._ema_pairs = []
+        for teacher in self.teacher.weights:
+            student = student_by_path.get(teacher.path.split("/", 1)[1])
+            if student is None:
+                raise RuntimeError(f"Teacher weight {teacher.path} has no student weight of the same path.")
+            self._ema_pairs.append((student, teacher))
+        self.reset_teacher()
 
         def state(name, value, dtype):
             return self.add_weight(shape=(), initializer=keras.initializers.Constant(value), dtype=dtype, trainable=False, name=name)
@@ -161,15 +164,23 @@ class Data2Vec2(SavesRandomState, keras.Model):
 
         return image_model(preset, **overrides)
 
+    @classmethod
+    def text(cls, preset=None, **overrides):
+        """A text model from a preset name (see `keras_d2v2.presets`) and/or explicit arguments."""
+        from keras_d2v2.presets import text_model
+
+        return text_model(preset, **overrides)
+
     # ----------------------------------------------------------------------------------- student
     def _unpack(self, inputs):
         if isinstance(inputs, dict):
-            unknown = set(inputs) - {"images", "mask", "mask_noise"}
-            if "images" not in inputs or unknown:
+            name = self.encoder.input_name
+            unknown = set(inputs) - {name, "mask", "mask_noise"}
+            if name not in inputs or unknown:
                 raise ValueError(
-                    f"Dict inputs take the keys 'images' (required), 'mask' and 'mask_noise'; got {sorted(inputs)}."
+                    f"Dict inputs take the keys '{name}' (required), 'mask' and 'mask_noise'; got {sorted(inputs)}."
                 )
-            return inputs["images"], inputs.get("mask"), inputs.get("mask_noise")
+            return inputs[name], inputs.get("mask"), inputs.get("mask_noise")
         return inputs, None, None
 
     def _per_sample(self, value, name, tail):
@@ -181,24 +192,28 @@ class Data2Vec2(SavesRandomState, keras.Model):
         return ops.reshape(value, (-1,) + tail)
 
     def call(self, inputs, training=None):
-        images, mask, mask_noise = self._unpack(inputs)
-        tokens = self.encoder.embed(images)
+        source, mask, mask_noise = self._unpack(inputs)
+        tokens = self.encoder.embed(source, training=training)
+        padding = self.encoder.padding_mask(source)
+        num_tokens = tokens.shape[1]
+        num_visible = self.masking.num_visible(num_tokens)
         if mask is None:
             mask = self.masking(tokens)
         else:
-            mask = ops.cast(self._per_sample(mask, "mask", (self.num_tokens,)), "float32")
-        ids_keep, ids_restore = mask_info(mask, self.num_visible)
+            mask = ops.cast(self._per_sample(mask, "mask", (num_tokens,)), "float32")
+        ids_keep, ids_restore = mask_info(mask, num_visible)
         # Visible tokens of each clone straight from the un-repeated tokens: no (B * M, T, D) copy.
         sample = ops.arange(ops.shape(ids_keep)[0], dtype="int32") // self.masking.clone_batch
-        flat_ids = sample[:, None] * self.num_tokens + ops.cast(ids_keep, "int32")
+        flat_ids = sample[:, None] * num_tokens + ops.cast(ids_keep, "int32")
         visible = ops.take(ops.reshape(tokens, (-1, self.embed_dim)), flat_ids, axis=0)
-        hidden, _ = self.encoder.encode(visible, training=training)
+        visible_padding = None if padding is None else ops.take(ops.reshape(padding, (-1,)), flat_ids, axis=0)
+        hidden, _ = self.encoder.encode(visible, padding_mask=visible_padding, training=training)
 
         x = hidden
         if training and self.decoder.input_dropout > 0.0:
             x = keras.random.dropout(x, self.decoder.input_dropout, seed=self.seed_generator)
         x = x[:, self.encoder.num_extra_tokens :]
-        num_masked = self.num_tokens - self.num_visible
+        num_masked = num_tokens - num_visible
         if mask_noise is None:
             mask_noise = keras.random.normal(
                 (ops.shape(x)[0], num_masked, self.embed_dim), stddev=self.mask_noise_std, seed=self.seed_generator
@@ -207,11 +222,17 @@ class Data2Vec2(SavesRandomState, keras.Model):
             mask_noise = self._per_sample(mask_noise, "mask_noise", (num_masked, self.embed_dim))
         x = ops.concatenate([x, ops.cast(mask_noise, x.dtype)], axis=1)
         prediction = self.decoder(gather_tokens(x, ids_restore))
-        return {"prediction": prediction, "cls": hidden[:, 0], "mask": mask}
+        outputs = {"prediction": prediction, "mask": mask}
+        if self.encoder.num_extra_tokens:
+            outputs["cls"] = hidden[:, 0]
+        if not self.encoder.teacher_embeds_input:
+            # The teacher encodes these very embeddings (dropout draw included), as the reference does.
+            outputs["local_features"] = tokens
+        return outputs
 
     # ----------------------------------------------------------------------------------- teacher
     def _teacher_pairs(self):
-        return list(zip(self.encoder.weights, self.teacher.weights))
+        return self._ema_pairs
 
     def current_ema_decay(self):
         """The decay the next teacher update uses (the reference's `get_annealed_rate`)."""
@@ -234,41 +255,60 @@ class Data2Vec2(SavesRandomState, keras.Model):
         self.teacher_updates.assign(ops.maximum(self.teacher_updates, self.num_updates))
         return decay
 
+    def reset_teacher(self):
+        """Makes the teacher an exact copy of the student, as at the start of pre-training."""
+        for student, teacher in self._ema_pairs:
+            # A host copy: on JAX two variables must never share a donated buffer.
+            teacher.assign(ops.convert_to_numpy(student))
+
     def sync_teacher(self):
         """Brings the teacher up to date with the last optimizer step (the `EMATeacher` callback
         calls this when `fit()` ends). Inside the compiled step each update is applied just before
         the next forward, which is when the reference's teacher is first used."""
         self._update_teacher()
 
-    def teacher_targets(self, images):
-        """Contextualized targets `(B, T, D)` in float32 from the teacher on unmasked images."""
-        _, ffn_outputs = self.teacher.encode(self.teacher.embed(images), training=False)
-        return ops.stop_gradient(self.targets(ffn_outputs))
+    def teacher_targets(self, source, local_features=None):
+        """Contextualized targets `(B, T, D)` in float32 from the teacher on the unmasked input.
+
+        Images: the teacher embeds `source` itself. Text: it encodes the student's embeddings,
+        `local_features` (computed here from `source` when not given)."""
+        if self.encoder.teacher_embeds_input:
+            local_features = self.teacher.embed(source)
+        elif local_features is None:
+            local_features = self.encoder.embed(source)
+        padding = self.encoder.padding_mask(source)
+        _, ffn_outputs = self.teacher.encode(ops.stop_gradient(local_features), padding_mask=padding, training=False)
+        return ops.stop_gradient(self.targets(ffn_outputs, padding_mask=padding))
 
     # -------------------------------------------------------------------------------------- loss
-    def loss_terms(self, targets, y_pred):
+    def loss_terms(self, targets, y_pred, padding_mask=None):
         """Returns `(regression, cls, weights, prediction, repeated_targets)`: the two loss terms
         divided by the number of masked positions, as the reference's trainer scales them, the
-        masked-position weights, and the float32 predictions and clone-repeated targets."""
+        masked-position weights (0 at padding), and the float32 predictions and clone-repeated
+        targets."""
         clones = self.masking.clone_batch
         scale = self.loss_scale if self.loss_scale is not None else 1.0 / math.sqrt(self.embed_dim)
         weights = ops.cast(y_pred["mask"], "float32")
+        if padding_mask is not None:
+            weights = weights * ops.repeat(1.0 - ops.cast(padding_mask, "float32"), clones, axis=0)
         prediction = ops.cast(y_pred["prediction"], "float32")
         repeated = ops.repeat(targets, clones, axis=0)
         sample_size = ops.sum(weights)
         regression = ops.sum(ops.square(prediction - repeated) * weights[..., None]) * scale / sample_size
         cls = ops.zeros((), "float32")
-        if self.cls_loss_weight:
+        if self.cls_loss_weight and "cls" in y_pred:
             cls_target = ops.repeat(ops.mean(targets, axis=1), clones, axis=0)
             cls_error = ops.square(ops.cast(y_pred["cls"], "float32") - cls_target)
             cls = self.cls_loss_weight * scale * ops.sum(cls_error)
         return regression, cls, weights, prediction, repeated
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        images, _, _ = self._unpack(x)
+        source, _, _ = self._unpack(x)
         decay = self._update_teacher() if training else self.current_ema_decay()
-        targets = self.teacher_targets(images)
-        regression, cls, weights, prediction, repeated = self.loss_terms(targets, y_pred)
+        targets = self.teacher_targets(source, y_pred.get("local_features"))
+        regression, cls, weights, prediction, repeated = self.loss_terms(
+            targets, y_pred, self.encoder.padding_mask(source)
+        )
         loss = regression + cls
         if self.losses:
             loss = loss + ops.sum(self.losses)

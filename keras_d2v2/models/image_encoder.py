@@ -44,6 +44,10 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
     (2, 65, 32)
     """
 
+    input_name = "images"
+    # The teacher re-embeds the raw images with its own EMA patch embedding (`ema_local_encoder`).
+    teacher_embeds_input = True
+
     def __init__(
         self,
         *,
@@ -97,7 +101,7 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
             dtype=self.dtype_policy,
             name="patch_embedding",
         )
-        self.num_patches = self.patch_embedding.num_patches
+        self.num_patches = self.num_tokens = self.patch_embedding.num_patches
         rates = np.linspace(0.0, drop_path_rate, prenet_depth + depth)
 
         def block(i, name):
@@ -153,13 +157,23 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
                 "(e.g. `images.astype('float32') / 255`, then normalize)."
             )
 
-    def embed(self, images):
+    def teacher_config(self):
+        """Config of the EMA teacher: a full copy (it embeds the images itself)."""
+        return {**self.get_config(), "name": "teacher"}
+
+    def padding_mask(self, images):
+        """Images have no padding."""
+        return None
+
+    def embed(self, images, training=None):
         """Patch tokens with positions, `(B, T, D)`."""
         self.check_images(images)
         return self.patch_embedding(images)
 
-    def encode(self, tokens, training=None):
+    def encode(self, tokens, padding_mask=None, training=None):
         """CLS + context encoder + main blocks on `tokens`; returns `(hidden, ffn_outputs)`."""
+        if padding_mask is not None:
+            raise ValueError("ImageEncoder takes no padding mask: every patch is real.")
         cls = ops.broadcast_to(ops.cast(self.cls_token, tokens.dtype), (ops.shape(tokens)[0], 1, self.embed_dim))
         x = ops.concatenate([cls, tokens], axis=1)
         if self.context_norm is not None:

@@ -1,0 +1,228 @@
+"""The text encoder of data2vec 2.0: token + learned position embeddings, LayerNorm, main blocks."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_d2v2.layers.random_state import SavesRandomState
+from keras_d2v2.layers.transformer_block import TransformerBlock, bert_init
+
+# Added to attention logits at padded keys; finite so that float16 and all-padding rows stay NaN-free.
+PADDING_BIAS = -1e4
+
+
+def padding_attention_bias(padding_mask):
+    """Additive bias `(N, 1, 1, T)` that hides padded keys, from a `(N, T)` mask (True = padding)."""
+    return ops.cast(padding_mask, "float32")[:, None, None, :] * PADDING_BIAS
+
+
+@keras.saving.register_keras_serializable(package="keras_d2v2")
+class TextEncoder(SavesRandomState, keras.layers.Layer):
+    """Transformer text encoder in the reference layout (`TextEncoder` + `TextLocalEncoder`).
+
+    `embed(tokens)` gives the local features: token embedding (scale 1) plus a learned position
+    embedding, then LayerNorm and dropout. Positions follow fairseq's `make_positions`: the
+    non-padding tokens of a row are numbered from `pad_id + 1`; padding tokens get no token or
+    position embedding (the reference's padding rows are zero and never trained). `encode(x,
+    padding_mask)` runs the `depth` post-LN blocks with padded keys hidden and returns the hidden
+    states with every block's FFN output (the target source). There is no CLS token (`<s>` is an
+    ordinary token) and, as in every published text config, no prenet and no context LayerNorm.
+
+    The EMA teacher of text is the blocks only, fed the student's embeddings: it is built with
+    `blocks_only=True` and has no embedding weights.
+
+    Args:
+        vocab_size: int, size of the token vocabulary (ids `0 .. vocab_size - 1`).
+        max_positions: int, longest sequence; the position table has `max_positions + pad_id + 1` rows.
+        pad_id: int, id of the padding token.
+        embed_dim, depth, num_heads, mlp_ratio, norm_eps, layer_norm_first: the blocks, as in
+            `ImageEncoder`.
+        dropout, attention_dropout, activation_dropout, post_mlp_dropout: block dropouts.
+        embedding_dropout: float, dropout after the embedding LayerNorm.
+        drop_path_rate: float, stochastic depth rising linearly over the blocks from 0.
+        blocks_only: bool, build only the blocks (the teacher).
+        seed: int or None, seed for dropout draws.
+
+    Example:
+    >>> encoder = TextEncoder(vocab_size=100, max_positions=32, embed_dim=32, depth=2, num_heads=4)
+    >>> encoder(np.full((2, 16), 5)).shape
+    (2, 16, 32)
+    """
+
+    input_name = "tokens"
+    num_extra_tokens = 0
+    # The teacher encodes the student's embeddings instead of embedding the input itself.
+    teacher_embeds_input = False
+
+    def __init__(
+        self,
+        *,
+        vocab_size,
+        max_positions=512,
+        pad_id=1,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        mlp_ratio=4.0,
+        norm_eps=1e-5,
+        layer_norm_first=False,
+        dropout=0.1,
+        attention_dropout=0.1,
+        activation_dropout=0.0,
+        post_mlp_dropout=0.1,
+        embedding_dropout=0.1,
+        drop_path_rate=0.0,
+        blocks_only=False,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if depth < 1:
+            raise ValueError(f"`depth` must be >= 1, got {depth}.")
+        if not 0 <= pad_id < vocab_size:
+            raise ValueError(f"`pad_id` must be a token id in [0, {vocab_size}), got {pad_id}.")
+        self.vocab_size = vocab_size
+        self.max_positions = max_positions
+        self.pad_id = pad_id
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.norm_eps = norm_eps
+        self.layer_norm_first = layer_norm_first
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
+        self.post_mlp_dropout = post_mlp_dropout
+        self.embedding_dropout = embedding_dropout
+        self.drop_path_rate = drop_path_rate
+        self.blocks_only = blocks_only
+        self.seed = seed
+        self.num_tokens = None  # any length up to max_positions
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        rates = np.linspace(0.0, drop_path_rate, depth)
+        self.blocks = [
+            TransformerBlock(
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                norm_eps=norm_eps,
+                layer_norm_first=layer_norm_first,
+                dropout=dropout,
+                attention_dropout=attention_dropout,
+                activation_dropout=activation_dropout,
+                post_mlp_dropout=post_mlp_dropout,
+                drop_path_rate=float(rates[i]),
+                seed=None if seed is None else seed + 1 + i,
+                dtype=self.dtype_policy,
+                name=f"block{i}",
+            )
+            for i in range(depth)
+        ]
+        self.final_norm = (
+            keras.layers.LayerNormalization(epsilon=norm_eps, dtype=self.dtype_policy, name="final_norm")
+            if layer_norm_first
+            else None
+        )
+        self.embedding_norm = None
+        if not blocks_only:
+            self.embedding_norm = keras.layers.LayerNormalization(
+                epsilon=norm_eps, dtype=self.dtype_policy, name="embedding_norm"
+            )
+
+    def teacher_config(self):
+        """Config of the EMA teacher: the blocks only."""
+        return {**self.get_config(), "name": "teacher", "blocks_only": True}
+
+    def build(self, input_shape=None):
+        if not self.blocks_only:
+            self.token_embedding = self.add_weight(
+                shape=(self.vocab_size, self.embed_dim), initializer=bert_init(), name="token_embedding"
+            )
+            self.position_embedding = self.add_weight(
+                shape=(self.max_positions + self.pad_id + 1, self.embed_dim),
+                initializer=bert_init(),
+                name="position_embedding",
+            )
+            self.embedding_norm.build((None, None, self.embed_dim))
+        for layer in self.blocks + ([self.final_norm] if self.final_norm else []):
+            layer.build((None, None, self.embed_dim))
+
+    def check_tokens(self, tokens):
+        """Raises a ValueError naming the problem if `tokens` cannot be embedded."""
+        shape = tuple(tokens.shape)
+        if len(shape) != 2:
+            raise ValueError(f"`tokens` must have rank 2 (batch, sequence), got shape {shape}.")
+        dtype = keras.backend.standardize_dtype(tokens.dtype)
+        if "int" not in dtype:
+            raise ValueError(f"`tokens` must be integer token ids, got dtype {dtype}.")
+        if shape[1] is not None and shape[1] > self.max_positions:
+            raise ValueError(
+                f"`tokens` has {shape[1]} positions but the position table holds {self.max_positions} "
+                "(`max_positions`); cut the text into shorter blocks."
+            )
+        if isinstance(tokens, np.ndarray) and tokens.size:
+            low, high = int(tokens.min()), int(tokens.max())
+            if low < 0 or high >= self.vocab_size:
+                raise ValueError(
+                    f"`tokens` holds ids in [{low}, {high}], outside the vocabulary [0, {self.vocab_size})."
+                )
+
+    def padding_mask(self, tokens):
+        """`(B, T)` bool, True at padding tokens."""
+        return ops.equal(tokens, self.pad_id)
+
+    def embed(self, tokens, training=None):
+        """Token + position embeddings, LayerNorm and dropout, `(B, T, D)`: the local features."""
+        if self.blocks_only:
+            raise ValueError("This TextEncoder was built with `blocks_only=True` (an EMA teacher) and has no embeddings.")
+        self.check_tokens(tokens)
+        tokens = ops.cast(tokens, "int32")
+        real = ops.cast(ops.not_equal(tokens, self.pad_id), "int32")
+        positions = ops.cumsum(real, axis=1) * real + self.pad_id
+        keep = ops.cast(real, self.compute_dtype)[..., None]
+        x = ops.take(self.token_embedding, tokens, axis=0) + ops.take(self.position_embedding, positions, axis=0)
+        x = self.embedding_norm(ops.cast(x * keep, self.compute_dtype))
+        if training and self.embedding_dropout > 0.0:
+            x = keras.random.dropout(x, self.embedding_dropout, seed=self.seed_generator)
+        return x
+
+    def encode(self, x, padding_mask=None, training=None):
+        """Main blocks on `x` `(N, T, D)`, padded keys hidden; returns `(hidden, ffn_outputs)`."""
+        bias = None if padding_mask is None else padding_attention_bias(padding_mask)
+        ffn_outputs = []
+        for block in self.blocks:
+            x, ffn = block(x, attention_bias=bias, training=training)
+            ffn_outputs.append(ffn)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, ffn_outputs
+
+    def call(self, tokens, training=None):
+        hidden, _ = self.encode(self.embed(tokens, training=training), self.padding_mask(tokens), training=training)
+        return hidden
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.embed_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            vocab_size=self.vocab_size,
+            max_positions=self.max_positions,
+            pad_id=self.pad_id,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            norm_eps=self.norm_eps,
+            layer_norm_first=self.layer_norm_first,
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+            activation_dropout=self.activation_dropout,
+            post_mlp_dropout=self.post_mlp_dropout,
+            embedding_dropout=self.embedding_dropout,
+            drop_path_rate=self.drop_path_rate,
+            blocks_only=self.blocks_only,
+            seed=self.seed,
+        )
+        return config

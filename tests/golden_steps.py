@@ -1,0 +1,82 @@
+"""The parts of a golden parity test that every modality shares: loading reference weights by
+name, checking gradients, one fit() step, the weights after it, and the two-step driver."""
+
+import numpy as np
+from keras import ops
+
+from conftest import assert_close, loss_and_grads
+from keras_d2v2.convert import fairseq_weight_names, load_fairseq_weights
+
+# Adam divides each gradient element by its own running RMS, so float32 round-off in the gradients
+# (1e-7 relative) does not shrink with the gradient: the attention key bias, whose gradient is zero
+# up to round-off, moves by ~1e-8 in both implementations, and an element whose gradients nearly
+# cancel differs by up to 1.3e-6 (measured: TF/JAX/torch). Weights after a step therefore get an
+# absolute floor of 2e-6, 0.2% of one update at the image fixture's learning rate of 1e-3.
+WEIGHT_ATOL = 2e-6
+
+
+def weights(golden, prefix):
+    return {k[len(prefix) :]: v for k, v in golden.items() if k.startswith(prefix)}
+
+
+def load_initial_weights(model, golden):
+    load_fairseq_weights(model, weights(golden, "init/student/"), weights(golden, "init/teacher/"))
+
+
+def check_loss_and_gradients(model, golden, step, x):
+    """The loss / sample_size and every gradient (÷ sample_size, as fairseq scales them)."""
+    sample_size = float(golden[f"step{step}/sample_size"])
+    loss, grads = loss_and_grads(model, x)
+    assert_close(loss, golden[f"step{step}/loss_per_sample_size"], name="loss")
+    student_names, _ = fairseq_weight_names(model)
+    by_path = {v.path: grad for v, grad in zip(model.trainable_variables, grads)}
+    reference_grads = weights(golden, f"step{step}/grad/")
+    assert len(reference_grads) == len(by_path)
+    for name, ref in reference_grads.items():
+        variable, transform = student_names[name]
+        assert_close(by_path[variable.path], transform(ref) / sample_size, name=f"grad {name}")
+
+
+def reorder_to_reference(hidden, ids_keep, reference_ids_keep, extra_tokens):
+    """Our encoder output (visible tokens ascending) in the reference's ids_keep order."""
+    ids_keep = ops.convert_to_numpy(ids_keep)
+    np.testing.assert_array_equal(np.sort(ids_keep, 1), np.sort(reference_ids_keep, 1))
+    hidden = ops.convert_to_numpy(hidden)
+    order = np.stack([np.searchsorted(row, ref) for row, ref in zip(ids_keep, reference_ids_keep)])
+    visible = np.take_along_axis(hidden[:, extra_tokens:], order[..., None], 1)
+    return np.concatenate([hidden[:, :extra_tokens], visible], 1)
+
+
+def train_one_step(model, golden, step, x):
+    history = model.fit(x, batch_size=len(golden[f"step{step}/input/source"]), epochs=1, shuffle=False, verbose=0)
+    assert_close(history.history["loss"][0], golden[f"step{step}/loss_per_sample_size"], name="fit loss")
+    # fairseq logs the decay multiplied by 1000.
+    assert_close(history.history["ema_decay"][0], golden[f"step{step}/log/ema_decay"] / 1000, name="ema_decay")
+    assert_close(history.history["target_var"][0], golden[f"step{step}/log/target_var"], name="target_var")
+    assert_close(history.history["pred_var"][0], golden[f"step{step}/log/pred_var"], name="pred_var")
+
+
+def check_after_step(model, golden, step):
+    student_names, teacher_names = fairseq_weight_names(model)
+    for name, ref in weights(golden, f"step{step}/after/student/").items():
+        variable, transform = student_names[name]
+        assert_close(variable, transform(ref), atol=WEIGHT_ATOL, name=f"student {name}")
+    model.sync_teacher()
+    for name, ref in weights(golden, f"step{step}/after/teacher/").items():
+        variable, transform = teacher_names[name]
+        assert_close(variable, transform(ref), atol=WEIGHT_ATOL, name=f"teacher {name}")
+
+
+def run_two_steps(model, golden, step_inputs, check_forward):
+    """Both recorded steps: forward, loss and gradients, one fit() step, then student and teacher."""
+    for step in (0, 1):
+        if step:
+            # Start each step from the reference's weights so that every step is checked on its own
+            # (the optimizer keeps the moments of our step 0, which match to float32 round-off).
+            load_fairseq_weights(model, weights(golden, "step0/after/student/"), weights(golden, "step0/after/teacher/"))
+        x = step_inputs(golden, step)
+        check_forward(model, golden, step, x)
+        check_loss_and_gradients(model, golden, step, x)
+        train_one_step(model, golden, step, x)
+        check_after_step(model, golden, step)
+        assert int(ops.convert_to_numpy(model.num_updates)) == step + 1
