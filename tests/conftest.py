@@ -65,8 +65,10 @@ def loss_and_grads(model, x):
 def assert_close(actual, expected, rtol=1e-4, atol=None, name=""):
     """rtol 1e-4; by default with an absolute floor of 1e-5 of the reference's largest magnitude,
     so that entries that are zero up to round-off compare sensibly."""
-    actual = np.asarray(keras.ops.convert_to_numpy(actual), dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
+    actual, expected = (
+        np.asarray(keras.ops.convert_to_numpy(v.detach() if hasattr(v, "detach") else v), dtype=np.float64)
+        for v in (actual, expected)
+    )
     if atol is None:
         atol = 1e-5 * max(float(np.abs(expected).max()), 1e-12)
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=name)

@@ -3,6 +3,7 @@
 import math
 
 import keras
+import numpy as np
 from keras import ops
 from keras_d2v2.layers.random_state import SavesRandomState
 
@@ -350,6 +351,12 @@ class Data2Vec2(SavesRandomState, keras.Model):
         callbacks = guards + [c for c in callbacks if not isinstance(c, TrainingGuard)]
         if not any(isinstance(c, EMATeacher) for c in callbacks):
             callbacks.append(EMATeacher())
+        # Compiled steps cannot raise on values (e.g. token ids outside the vocabulary, which JAX
+        # would silently clamp): in-memory data is checked once, up front.
+        arrays = x.x if isinstance(x, ShuffledBatches) else x
+        arrays = arrays.get(self.encoder.input_name) if isinstance(arrays, dict) else arrays
+        if isinstance(arrays, np.ndarray):
+            self.encoder.check_inputs(arrays)
         if isinstance(x, ShuffledBatches):
             if kwargs.get("steps_per_epoch"):
                 # Keras then builds the next epoch's iterator before the epoch begins, and tf.data

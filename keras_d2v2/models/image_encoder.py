@@ -140,7 +140,7 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
         for layer in self.prenet_blocks + self.blocks + [n for n in (self.context_norm, self.final_norm) if n]:
             layer.build(token_shape)
 
-    def check_images(self, images):
+    def check_inputs(self, images):
         """Raises a ValueError naming the problem if `images` cannot be embedded."""
         shape = tuple(images.shape)
         expected = (self.image_size, self.image_size, self.channels)
@@ -167,7 +167,7 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
 
     def embed(self, images, training=None):
         """Patch tokens with positions, `(B, T, D)`."""
-        self.check_images(images)
+        self.check_inputs(images)
         return self.patch_embedding(images)
 
     def encode(self, tokens, padding_mask=None, training=None):

@@ -11,6 +11,22 @@ from keras_d2v2.layers.transformer_block import TransformerBlock, bert_init
 PADDING_BIAS = -1e4
 
 
+def _is_concrete(x):
+    """Whether `x` holds values now (eager), rather than being traced into a compiled graph."""
+    if isinstance(x, np.ndarray):
+        return True
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.executing_eagerly() and hasattr(x, "numpy")
+    return backend in ("torch", "numpy")
+
+
 def padding_attention_bias(padding_mask):
     """Additive bias `(N, 1, 1, T)` that hides padded keys, from a `(N, T)` mask (True = padding)."""
     return ops.cast(padding_mask, "float32")[:, None, None, :] * PADDING_BIAS
@@ -147,8 +163,10 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
         for layer in self.blocks + ([self.final_norm] if self.final_norm else []):
             layer.build((None, None, self.embed_dim))
 
-    def check_tokens(self, tokens):
-        """Raises a ValueError naming the problem if `tokens` cannot be embedded."""
+    def check_inputs(self, tokens):
+        """Raises a ValueError naming the problem if `tokens` cannot be embedded. Ids are checked
+        against the vocabulary whenever their values are known (eager calls, every PyTorch step,
+        and the arrays `Data2Vec2.fit()` is given); inside a compiled JAX/TF step they are not."""
         shape = tuple(tokens.shape)
         if len(shape) != 2:
             raise ValueError(f"`tokens` must have rank 2 (batch, sequence), got shape {shape}.")
@@ -160,8 +178,8 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
                 f"`tokens` has {shape[1]} positions but the position table holds {self.max_positions} "
                 "(`max_positions`); cut the text into shorter blocks."
             )
-        if isinstance(tokens, np.ndarray) and tokens.size:
-            low, high = int(tokens.min()), int(tokens.max())
+        if _is_concrete(tokens) and int(np.prod(shape)):
+            low, high = (int(ops.convert_to_numpy(f(tokens))) for f in (ops.min, ops.max))
             if low < 0 or high >= self.vocab_size:
                 raise ValueError(
                     f"`tokens` holds ids in [{low}, {high}], outside the vocabulary [0, {self.vocab_size})."
@@ -175,7 +193,7 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
         """Token + position embeddings, LayerNorm and dropout, `(B, T, D)`: the local features."""
         if self.blocks_only:
             raise ValueError("This TextEncoder was built with `blocks_only=True` (an EMA teacher) and has no embeddings.")
-        self.check_tokens(tokens)
+        self.check_inputs(tokens)
         tokens = ops.cast(tokens, "int32")
         real = ops.cast(ops.not_equal(tokens, self.pad_id), "int32")
         positions = ops.cumsum(real, axis=1) * real + self.pad_id
