@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from keras_d2v2 import ContextualizedTargets, Data2Vec2, InverseBlockMasking, TransformerBlock
+from keras_d2v2 import ContextualizedTargets, ConvDecoder1D, Data2Vec2, InverseBlockMasking, RandomMasking, TransformerBlock
 
 # Derandomized: CI runs the same examples every time; explicit @example()s pin cases found before.
 FUZZ = settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -66,7 +66,46 @@ def test_targets_work_or_name_the_problem(count, top_k, shape):
     assert tuple(out.shape) == shape
 
 
+@FUZZ
+@given(batch=st.integers(1, 3), tokens=st.integers(1, 40), mask_prob=st.floats(0.05, 0.95), clones=st.integers(1, 3))
+def test_random_masking_works_or_names_the_problem(batch, tokens, mask_prob, clones):
+    layer = RandomMasking(mask_prob=mask_prob, clone_batch=clones, seed=0)
+    try:
+        mask = np.asarray(layer(np.zeros((batch, tokens, 1), "float32")))
+    except ValueError as error:
+        assert "visible token" in str(error) or "masks no token" in str(error), str(error)
+        return
+    assert mask.shape == (batch * clones, tokens)
+    assert (mask.sum(1) == tokens - int(tokens * (1 - mask_prob))).all()
+
+
+@FUZZ
+@given(shape=shapes(1, 4), dtype=st.sampled_from(["int32", "int64", "float32", "uint8"]), value=st.integers(-2, 120))
+def test_text_model_input_works_or_names_the_problem(shape, dtype, value):
+    try:
+        tiny_text_model()(np.full(shape, value).astype(dtype))
+    except ValueError as error:
+        assert "`tokens`" in str(error) or "`mask_prob`" in str(error), str(error)
+        return
+    assert len(shape) == 2 and shape[1] <= 32 and "int" in dtype and 0 <= value < 100
+
+
+@FUZZ
+@given(length=st.integers(1, 12), dim=st.sampled_from([4, 6, 8]), kernel=st.integers(1, 6))
+def test_conv_decoder_1d_works_or_names_the_problem(length, dim, kernel):
+    try:
+        out = ConvDecoder1D(decoder_dim=8, num_layers=2, kernel_size=kernel, groups=4)(np.ones((2, length, dim), "float32"))
+    except ValueError as error:
+        assert "`groups` (4) must divide the token dimension (6)" in str(error), str(error)
+        return
+    assert tuple(out.shape) == (2, length, dim)
+
 
 @functools.cache
 def tiny_model():
     return Data2Vec2.image(preset="tiny_test", seed=0)
+
+
+@functools.cache
+def tiny_text_model():
+    return Data2Vec2.text(preset="tiny_test", seed=0)
