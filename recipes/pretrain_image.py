@@ -7,7 +7,7 @@ Command:   make pretrain            (= KERAS_BACKEND=torch .venv/bin/python reci
 Hardware:  2 CPU cores, no accelerator. Any backend: set KERAS_BACKEND=jax|tensorflow|torch.
 Time:      12.5 min of pre-training + 1 min of k-NN with PyTorch on 2 cores (4 epochs x 235 steps, ~0.75 s/step);
            JAX and TensorFlow run the same script ~1.5-2x slower on this CPU.
-Expect:    k-NN top-1 80.8% pre-trained vs 59.0% at random init (docs/results.md, seed 0).
+Expect:    k-NN top-1 81.2% pre-trained vs 59.0% at random init (docs/results.md, seed 0).
 Resume:    after a crash or kill, the same command continues from the last finished epoch, exactly
            (state in runs/pretrain_image_backup, removed when training ends).
 Smoke:     --smoke runs 2 small steps on 256 images and a 512-image k-NN, in seconds.
