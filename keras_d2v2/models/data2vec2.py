@@ -56,13 +56,17 @@ class Data2Vec2(SavesRandomState, keras.Model):
     `"mask"` `(B, clone_batch, T)` (1 = masked, exactly `masking.num_visible(T)` zeros per row, as
     the reference's data loader makes them) and an optional `"mask_noise"`
     `(B, clone_batch, T_masked, D)` to reproduce a reference run. Labels, if the dataset has them,
-    are ignored. Outputs: `"prediction"` `(B * clone_batch, T, D)`, `"cls"` `(B * clone_batch, D)`
-    and `"mask"` `(B * clone_batch, T)`; the clones of sample `i` are rows `i * clone_batch ...`.
+    are ignored. Text takes int token ids `(B, T)` the same way, under the key `"tokens"`.
+    Outputs: `"prediction"` `(B * clone_batch, T, D)`, `"mask"` `(B * clone_batch, T)`, for images
+    `"cls"` `(B * clone_batch, D)`, for text `"local_features"` `(B, T, D)` (the embeddings the teacher
+    encodes); the clones of sample `i` are rows `i * clone_batch ...`.
 
     Args:
-        encoder: `ImageEncoder`, the student; the teacher is a copy of it.
-        decoder: `ConvDecoder2D`.
-        masking: `InverseBlockMasking` (its `clone_batch` is the number of masks per sample).
+        encoder: `ImageEncoder` or `TextEncoder`, the student; the teacher is built from
+            `encoder.teacher_config()` (images: a full copy; text: the blocks only).
+        decoder: `ConvDecoder2D` (images) or `ConvDecoder1D` (text).
+        masking: `InverseBlockMasking` or `RandomMasking` (its `clone_batch` is the number of masks
+            per sample).
         targets: `ContextualizedTargets`; `top_k` must not exceed `encoder.depth`.
         mask_noise_std: float, std of the noise placed in masked slots of the decoder input.
         loss_scale: float or None; None means 1/sqrt(embed_dim).
