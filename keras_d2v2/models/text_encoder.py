@@ -163,10 +163,11 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
         for layer in self.blocks + ([self.final_norm] if self.final_norm else []):
             layer.build((None, None, self.embed_dim))
 
-    def check_inputs(self, tokens):
-        """Raises a ValueError naming the problem if `tokens` cannot be embedded. Ids are checked
-        against the vocabulary whenever their values are known (eager calls, every PyTorch step,
-        and the arrays `Data2Vec2.fit()` is given); inside a compiled JAX/TF step they are not."""
+    def check_inputs(self, tokens, check_values=True):
+        """Raises a ValueError naming the problem if `tokens` cannot be embedded. With
+        `check_values`, ids are checked against the vocabulary when their values are known (eager
+        calls, and the arrays `Data2Vec2.fit()` is given); training steps skip it, since reading
+        values would stall every step on an accelerator."""
         shape = tuple(tokens.shape)
         if len(shape) != 2:
             raise ValueError(f"`tokens` must have rank 2 (batch, sequence), got shape {shape}.")
@@ -178,7 +179,7 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
                 f"`tokens` has {shape[1]} positions but the position table holds {self.max_positions} "
                 "(`max_positions`); cut the text into shorter blocks."
             )
-        if _is_concrete(tokens) and int(np.prod(shape)):
+        if check_values and _is_concrete(tokens) and int(np.prod(shape)):
             low, high = (int(ops.convert_to_numpy(f(tokens))) for f in (ops.min, ops.max))
             if low < 0 or high >= self.vocab_size:
                 raise ValueError(
@@ -193,7 +194,7 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
         """Token + position embeddings, LayerNorm and dropout, `(B, T, D)`: the local features."""
         if self.blocks_only:
             raise ValueError("This TextEncoder was built with `blocks_only=True` (an EMA teacher) and has no embeddings.")
-        self.check_inputs(tokens)
+        self.check_inputs(tokens, check_values=not training)
         tokens = ops.cast(tokens, "int32")
         real = ops.cast(ops.not_equal(tokens, self.pad_id), "int32")
         positions = ops.cumsum(real, axis=1) * real + self.pad_id
