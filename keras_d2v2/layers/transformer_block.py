@@ -1,6 +1,7 @@
 """The data2vec 2.0 transformer block (`AltBlock`): post-LN by default, returns its FFN output."""
 
 import keras
+import numpy as np
 from keras import ops
 from keras_d2v2.layers.random_state import SavesRandomState
 
@@ -165,3 +166,16 @@ class TransformerBlock(SavesRandomState, keras.layers.Layer):
             seed=self.seed,
         )
         return config
+
+
+def block_stack(names, *, drop_path_rate=0.0, seed=None, **block_kwargs):
+    """`TransformerBlock`s named `names`, in order, with stochastic depth rising linearly from 0 to
+    `drop_path_rate` over the whole stack (the reference's schedule) and dropout seeds
+    `seed + 1 + i`; `block_kwargs` go to every block."""
+    rates = np.linspace(0.0, drop_path_rate, len(names))
+    return [
+        TransformerBlock(
+            drop_path_rate=float(rate), seed=None if seed is None else seed + 1 + i, name=name, **block_kwargs
+        )
+        for i, (name, rate) in enumerate(zip(names, rates))
+    ]

@@ -1,12 +1,11 @@
 """The image encoder of data2vec 2.0: patch embedding, CLS token, context encoder, main blocks."""
 
 import keras
-import numpy as np
 from keras import ops
 from keras_d2v2.layers.random_state import SavesRandomState
 
 from keras_d2v2.layers.patch_embedding import PatchEmbedding
-from keras_d2v2.layers.transformer_block import TransformerBlock
+from keras_d2v2.layers.transformer_block import block_stack
 
 
 @keras.saving.register_keras_serializable(package="keras_d2v2")
@@ -102,26 +101,21 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
             name="patch_embedding",
         )
         self.num_patches = self.num_tokens = self.patch_embedding.num_patches
-        rates = np.linspace(0.0, drop_path_rate, prenet_depth + depth)
-
-        def block(i, name):
-            return TransformerBlock(
-                num_heads=num_heads,
-                mlp_ratio=mlp_ratio,
-                norm_eps=norm_eps,
-                layer_norm_first=layer_norm_first,
-                dropout=dropout,
-                attention_dropout=attention_dropout,
-                activation_dropout=activation_dropout,
-                post_mlp_dropout=post_mlp_dropout,
-                drop_path_rate=float(rates[i]),
-                seed=None if seed is None else seed + 1 + i,
-                dtype=self.dtype_policy,
-                name=name,
-            )
-
-        self.prenet_blocks = [block(i, f"prenet_block{i}") for i in range(prenet_depth)]
-        self.blocks = [block(prenet_depth + i, f"block{i}") for i in range(depth)]
+        blocks = block_stack(
+            [f"prenet_block{i}" for i in range(prenet_depth)] + [f"block{i}" for i in range(depth)],
+            drop_path_rate=drop_path_rate,
+            seed=seed,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            norm_eps=norm_eps,
+            layer_norm_first=layer_norm_first,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            activation_dropout=activation_dropout,
+            post_mlp_dropout=post_mlp_dropout,
+            dtype=self.dtype_policy,
+        )
+        self.prenet_blocks, self.blocks = blocks[:prenet_depth], blocks[prenet_depth:]
         # Post-LN normalizes the block input (context norm); pre-LN normalizes the output instead.
         norm = keras.layers.LayerNormalization(
             epsilon=norm_eps, dtype=self.dtype_policy, name="final_norm" if layer_norm_first else "context_norm"

@@ -5,7 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_d2v2.layers.random_state import SavesRandomState
-from keras_d2v2.layers.transformer_block import TransformerBlock, bert_init
+from keras_d2v2.layers.transformer_block import bert_init, block_stack
 
 # Added to attention logits at padded keys; finite so that float16 and all-padding rows stay NaN-free.
 PADDING_BIAS = -1e4
@@ -116,24 +116,20 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
         self.seed = seed
         self.num_tokens = None  # any length up to max_positions
         self.seed_generator = keras.random.SeedGenerator(seed)
-        rates = np.linspace(0.0, drop_path_rate, depth)
-        self.blocks = [
-            TransformerBlock(
-                num_heads=num_heads,
-                mlp_ratio=mlp_ratio,
-                norm_eps=norm_eps,
-                layer_norm_first=layer_norm_first,
-                dropout=dropout,
-                attention_dropout=attention_dropout,
-                activation_dropout=activation_dropout,
-                post_mlp_dropout=post_mlp_dropout,
-                drop_path_rate=float(rates[i]),
-                seed=None if seed is None else seed + 1 + i,
-                dtype=self.dtype_policy,
-                name=f"block{i}",
-            )
-            for i in range(depth)
-        ]
+        self.blocks = block_stack(
+            [f"block{i}" for i in range(depth)],
+            drop_path_rate=drop_path_rate,
+            seed=seed,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            norm_eps=norm_eps,
+            layer_norm_first=layer_norm_first,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            activation_dropout=activation_dropout,
+            post_mlp_dropout=post_mlp_dropout,
+            dtype=self.dtype_policy,
+        )
         self.final_norm = (
             keras.layers.LayerNormalization(epsilon=norm_eps, dtype=self.dtype_policy, name="final_norm")
             if layer_norm_first
