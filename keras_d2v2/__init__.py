@@ -3,15 +3,19 @@
 from keras_d2v2 import callbacks, data, layers, presets
 from keras_d2v2.callbacks import EMATeacher, RepresentationCollapse, TrainingDiverged, TrainingGuard
 from keras_d2v2.layers import (
+    ALiBiBias,
+    BlockMasking1D,
     ContextualizedTargets,
     ConvDecoder1D,
     ConvDecoder2D,
+    ConvFeatureExtractor,
+    ConvPositionalEncoding,
     InverseBlockMasking,
     PatchEmbedding,
     RandomMasking,
     TransformerBlock,
 )
 from keras_d2v2.data import ShuffledBatches
-from keras_d2v2.models import Data2Vec2, ImageEncoder, TextEncoder
+from keras_d2v2.models import AudioEncoder, Data2Vec2, ImageEncoder, TextEncoder
 
 __version__ = "0.1.0"

@@ -1,9 +1,12 @@
-"""Named image and text configurations: the reference's published ones, and tiny ones for tests and CPUs."""
+"""Named image, text and audio configurations: the reference's published ones, and tiny ones for tests and CPUs."""
 
+from keras_d2v2.layers.block_masking_1d import BlockMasking1D
 from keras_d2v2.layers.contextualized_targets import ContextualizedTargets
+from keras_d2v2.layers.conv_feature_extractor import BASE_FEATURE_LAYERS
 from keras_d2v2.layers.conv_decoder import ConvDecoder1D, ConvDecoder2D
 from keras_d2v2.layers.inverse_block_masking import InverseBlockMasking
 from keras_d2v2.layers.random_masking import RandomMasking
+from keras_d2v2.models.audio_encoder import AudioEncoder
 from keras_d2v2.models.data2vec2 import Data2Vec2
 from keras_d2v2.models.image_encoder import ImageEncoder
 from keras_d2v2.models.text_encoder import TextEncoder
@@ -117,6 +120,10 @@ TEXT_PRESETS = {
     # examples/data2vec/config/v2/base_text_only_task.yaml (RoBERTa's GPT-2 BPE vocabulary + <mask>)
     "base": dict(_TEXT_COMMON, embed_dim=768, depth=12, num_heads=12, top_k=12,
                  decoder_dim=768, decoder_kernel=9, decoder_layers=5),
+    # A tiny text model for a CPU (recipes/pretrain_text.py): 8k BPE ids, blocks of 128 tokens.
+    "tiny": dict(_TEXT_COMMON, vocab_size=8192, max_positions=128, embed_dim=128, depth=4, num_heads=4, top_k=4,
+                 clone_batch=2, decoder_dim=128, decoder_kernel=5, decoder_layers=2,
+                 ema_decay=0.999, ema_end_decay=0.9999, ema_anneal_end_step=1000),
     # The golden fixture's model (../shared/golden/text_config.json); for tests.
     "tiny_test": dict(_TEXT_COMMON, vocab_size=100, max_positions=32, embed_dim=32, depth=2, num_heads=4, top_k=2,
                       clone_batch=2, decoder_dim=32, decoder_kernel=9, decoder_layers=2, decoder_input_dropout=0.0,
@@ -150,6 +157,69 @@ def text_model(preset=None, **overrides):
                               name="masking"),
         targets=_targets(config),
         **{k: config[k] for k in _MODEL_KEYS if k in config},
+        seed=offset(2),
+        dtype=dtype,
+    )
+
+
+_AUDIO_COMMON = dict(
+    feature_layers=BASE_FEATURE_LAYERS, prenet_depth=0, mlp_ratio=4.0, norm_eps=1e-5,
+    dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, post_mlp_dropout=0.1, prenet_dropout=0.1,
+    layerdrop=0.05, prenet_layerdrop=0.05, conv_pos_width=95, conv_pos_depth=5, conv_pos_groups=16,
+    mask_prob=0.5, block_length=5, mask_prob_adjust=0.05, clone_batch=8,
+    decoder_groups=16, decoder_kernel=7, decoder_layers=4, decoder_residual=True, decoder_input_dropout=0.1,
+    instance_norm_target_layer=True, mask_noise_std=0.01, loss_scale=None, cls_loss_weight=0.0,
+    ema_decay=0.999, ema_end_decay=0.99999, ema_anneal_end_step=75_000,
+    min_target_var=0.1, min_pred_var=0.01,
+    # base_audio_only_task uses plain Adam, whose weight decay covers every parameter.
+    decay_1d_weights=True,
+)
+
+AUDIO_PRESETS = {
+    # examples/data2vec/config/v2/base_audio_only_task.yaml (LibriSpeech 960 h, 16 kHz)
+    "base": dict(_AUDIO_COMMON, embed_dim=768, depth=12, num_heads=12, top_k=8, decoder_dim=384),
+    # large_audio_only_task.yaml (Libri-light); settings the spec does not list are base's.
+    "large": dict(_AUDIO_COMMON, embed_dim=1024, depth=16, prenet_depth=8, num_heads=16, top_k=16, clone_batch=12,
+                  mask_prob=0.55, mask_prob_adjust=0.1, decoder_dim=768,
+                  ema_decay=0.9997, ema_end_decay=1.0, ema_anneal_end_step=300_000),
+    # The golden fixture's model (../shared/golden/audio_config.json); for tests.
+    "tiny_test": dict(_AUDIO_COMMON, feature_layers=((32, 10, 5),) + ((32, 3, 2),) * 4 + ((32, 2, 2),) * 2,
+                      embed_dim=48, depth=3, num_heads=6, top_k=2, clone_batch=4, conv_pos_width=25,
+                      conv_pos_groups=4, decoder_dim=24, decoder_groups=4, decoder_input_dropout=0.0,
+                      dropout=0.0, attention_dropout=0.0, post_mlp_dropout=0.0, prenet_dropout=0.0,
+                      layerdrop=0.0, prenet_layerdrop=0.0, ema_decay=0.9, ema_end_decay=0.99, ema_anneal_end_step=10),
+}
+
+_AUDIO_ENCODER_KEYS = ("feature_layers", "embed_dim", "depth", "prenet_depth", "num_heads", "mlp_ratio", "norm_eps",
+                       "layer_norm_first", "dropout", "attention_dropout", "activation_dropout", "post_mlp_dropout",
+                       "prenet_dropout", "layerdrop", "prenet_layerdrop", "drop_path_rate", "conv_pos_width",
+                       "conv_pos_depth", "conv_pos_groups", "learned_alibi_scale", "normalize_waveform",
+                       "sample_rate")
+_AUDIO_OTHER_KEYS = ("mask_prob", "block_length", "mask_prob_adjust", "inverse_mask", "clone_batch", "decoder_dim",
+                     "decoder_layers", "decoder_kernel", "decoder_groups", "decoder_residual", "decoder_input_dropout",
+                     "top_k", "instance_norm_target_layer", "layer_norm_target_layer", "layer_norm_targets",
+                     "instance_norm_targets", "decay_1d_weights", "seed", "dtype")
+
+
+def audio_model(preset=None, **overrides):
+    """Builds an audio `Data2Vec2` from a preset name and/or flat keyword arguments."""
+    config, offset = _config(AUDIO_PRESETS, preset, overrides, _AUDIO_ENCODER_KEYS + _MODEL_KEYS + _AUDIO_OTHER_KEYS,
+                             "audio")
+    dtype = config.get("dtype")
+    return Data2Vec2(
+        encoder=AudioEncoder(**{k: config[k] for k in _AUDIO_ENCODER_KEYS if k in config}, seed=offset(100),
+                             dtype=dtype, name="encoder"),
+        decoder=ConvDecoder1D(
+            decoder_dim=config["decoder_dim"], num_layers=config["decoder_layers"], kernel_size=config["decoder_kernel"],
+            groups=config["decoder_groups"], residual=config["decoder_residual"],
+            input_dropout=config["decoder_input_dropout"], dtype=dtype, name="decoder",
+        ),
+        masking=BlockMasking1D(mask_prob=config["mask_prob"], block_length=config["block_length"],
+                               mask_prob_adjust=config["mask_prob_adjust"], inverse=config.get("inverse_mask", False),
+                               clone_batch=config["clone_batch"], seed=offset(1), name="masking"),
+        targets=_targets(config),
+        **{k: config[k] for k in _MODEL_KEYS if k in config},
+        decay_1d_weights=config["decay_1d_weights"],
         seed=offset(2),
         dtype=dtype,
     )

@@ -27,6 +27,11 @@ def golden_text():
     return _golden("text")
 
 
+@pytest.fixture(scope="session")
+def golden_audio():
+    return _golden("audio")
+
+
 def loss_and_grads(model, x):
     """Loss and gradients of `model.compute_loss` w.r.t. `model.trainable_variables`, per backend."""
     backend = keras.backend.backend()

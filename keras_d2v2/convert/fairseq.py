@@ -12,6 +12,7 @@ import numpy as np
 
 PREFIX = "modality_encoders.IMAGE."
 TEXT_PREFIX = "modality_encoders.TEXT."
+AUDIO_PREFIX = "modality_encoders.AUDIO."
 
 
 def _dense(weight):
@@ -28,6 +29,11 @@ def _conv1d(weight):
 
 def _same(weight):
     return weight
+
+
+def _per_head(weight):
+    # alibi_scale is (layers=1, 1, heads, 1, 1) in the reference.
+    return np.reshape(weight, (-1,))
 
 
 def _block_names(prefix, block):
@@ -54,16 +60,7 @@ def _encoder_names(encoder):
         f"{PREFIX}local_encoder.proj.bias": (encoder.patch_embedding.projection.bias, _same),
         f"{PREFIX}fixed_positional_encoder.positions": (encoder.patch_embedding.positions, _same),
     }
-    if encoder.context_norm is not None:
-        names[f"{PREFIX}context_encoder.norm.weight"] = (encoder.context_norm.gamma, _same)
-        names[f"{PREFIX}context_encoder.norm.bias"] = (encoder.context_norm.beta, _same)
-    if encoder.final_norm is not None:
-        names["norm.weight"] = (encoder.final_norm.gamma, _same)
-        names["norm.bias"] = (encoder.final_norm.beta, _same)
-    for i, block in enumerate(encoder.prenet_blocks):
-        names.update(_block_names(f"{PREFIX}context_encoder.blocks.{i}.", block))
-    for i, block in enumerate(encoder.blocks):
-        names.update(_block_names(f"blocks.{i}.", block))
+    names.update(_context_names(PREFIX, encoder))
     return names
 
 
@@ -100,12 +97,56 @@ def _text_names(model):
     return student, teacher
 
 
+def _context_names(prefix, encoder):
+    """Names of the parts of an encoder after its local features: context norm, prenet and main
+    blocks, and the final norm of pre-LN models."""
+    names = {}
+    if encoder.context_norm is not None:
+        names[f"{prefix}context_encoder.norm.weight"] = (encoder.context_norm.gamma, _same)
+        names[f"{prefix}context_encoder.norm.bias"] = (encoder.context_norm.beta, _same)
+    if encoder.final_norm is not None:
+        names["norm.weight"] = (encoder.final_norm.gamma, _same)
+        names["norm.bias"] = (encoder.final_norm.beta, _same)
+    for i, block in enumerate(encoder.prenet_blocks):
+        names.update(_block_names(f"{prefix}context_encoder.blocks.{i}.", block))
+    for i, block in enumerate(encoder.blocks):
+        names.update(_block_names(f"blocks.{i}.", block))
+    return names
+
+
+def _audio_encoder_names(encoder):
+    p = AUDIO_PREFIX
+    names = {f"{p}alibi_scale": (encoder.alibi.scale, _per_head)}
+    if not encoder.contextualize_only:
+        extractor = encoder.feature_extractor
+        for i, (conv, norm) in enumerate(zip(extractor.convs, extractor.norms)):
+            names[f"{p}local_encoder.conv_layers.{i}.0.weight"] = (conv.kernel, _conv1d)
+            names[f"{p}local_encoder.conv_layers.{i}.2.1.weight"] = (norm.gamma, _same)
+            names[f"{p}local_encoder.conv_layers.{i}.2.1.bias"] = (norm.beta, _same)
+        names[f"{p}project_features.1.weight"] = (encoder.feature_norm.gamma, _same)
+        names[f"{p}project_features.1.bias"] = (encoder.feature_norm.beta, _same)
+        names[f"{p}project_features.2.weight"] = (encoder.feature_projection.kernel, _dense)
+        names[f"{p}project_features.2.bias"] = (encoder.feature_projection.bias, _same)
+    positions = encoder.conv_positions
+    # nn.Sequential(TransposeLast, *conv layers, TransposeLast): the conv layers sit at 1..depth.
+    for i, (kernel, bias) in enumerate(zip(positions.kernels, positions.biases)):
+        names[f"{p}relative_positional_encoder.{i + 1}.0.weight"] = (kernel, _conv1d)
+        names[f"{p}relative_positional_encoder.{i + 1}.0.bias"] = (bias, _same)
+    names.update(_context_names(p, encoder))
+    return names
+
+
 def fairseq_weight_names(model):
     """`(student, teacher)` dicts: fairseq parameter name -> (our variable, layout transform)."""
+    from keras_d2v2.models.audio_encoder import AudioEncoder
     from keras_d2v2.models.text_encoder import TextEncoder
 
     if isinstance(model.encoder, TextEncoder):
         return _text_names(model)
+    if isinstance(model.encoder, AudioEncoder):
+        student = _audio_encoder_names(model.encoder)
+        student.update(_decoder_names(AUDIO_PREFIX, model.decoder, _conv1d))
+        return student, _audio_encoder_names(model.teacher)
     student = _encoder_names(model.encoder)
     student.update(_decoder_names(PREFIX, model.decoder, _conv))
     return student, _encoder_names(model.teacher)
@@ -130,7 +171,7 @@ def _assign(names, state_dict, what):
 
 
 def load_fairseq_weights(model, state_dict, teacher_state_dict=None):
-    """Assigns reference weights to an image or text `Data2Vec2`.
+    """Assigns reference weights to an image, text or audio `Data2Vec2`.
 
     Args:
         model: a `Data2Vec2` whose sizes match the checkpoint (e.g. `Data2Vec2.image(preset="base")`).

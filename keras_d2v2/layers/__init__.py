@@ -1,5 +1,9 @@
+from keras_d2v2.layers.alibi import ALiBiBias, alibi_slopes
+from keras_d2v2.layers.block_masking_1d import BlockMasking1D
 from keras_d2v2.layers.contextualized_targets import ContextualizedTargets
 from keras_d2v2.layers.conv_decoder import ConvDecoder1D, ConvDecoder2D
+from keras_d2v2.layers.conv_feature_extractor import ConvFeatureExtractor
+from keras_d2v2.layers.conv_positional_encoding import ConvPositionalEncoding
 from keras_d2v2.layers.inverse_block_masking import InverseBlockMasking, mask_info
 from keras_d2v2.layers.random_masking import RandomMasking
 from keras_d2v2.layers.patch_embedding import PatchEmbedding, sincos_positions_2d

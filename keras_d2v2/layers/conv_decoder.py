@@ -36,6 +36,25 @@ def grouped_conv2d_matmul(x, kernel, groups):
     return ops.reshape(result, (-1, height, width, out))
 
 
+def same_grouped_conv(x, kernel, bias, groups, conv_impl="auto", pad_width=True):
+    """Grouped stride-1 conv of `x` `(N, H, W, C)` with `kernel` `(k_h, k_w, C / groups, out)`,
+    padded as PyTorch's `padding=k//2` followed by fairseq's `SamePad` (`k//2` before, `(k-1)//2`
+    after: an even kernel drops the last position). `pad_width=False` leaves the width axis
+    unpadded (a 1-D sequence laid out as a width-1 grid). `conv_impl` as in `ConvDecoder2D`."""
+    k_h, k_w = kernel.shape[0], kernel.shape[1]
+    width_pad = [k_w // 2, (k_w - 1) // 2] if pad_width else [0, 0]
+    x = ops.pad(x, [[0, 0], [k_h // 2, (k_h - 1) // 2], width_pad, [0, 0]])
+    kernel = ops.cast(kernel, x.dtype)
+    as_matmul = conv_impl == "grouped_matmul" or (conv_impl == "auto" and _xla_on_cpu())
+    x = grouped_conv2d_matmul(x, kernel, groups) if as_matmul else ops.conv(x, kernel, padding="valid")
+    return x + ops.cast(bias, x.dtype)
+
+
+def check_conv_impl(conv_impl):
+    if conv_impl not in ("auto", "native", "grouped_matmul"):
+        raise ValueError(f"`conv_impl` must be 'auto', 'native' or 'grouped_matmul', got {conv_impl!r}.")
+
+
 def torch_default_uniform(fan_in):
     """PyTorch's default Linear/Conv init (kaiming-uniform with a=sqrt(5)): U(+-1/sqrt(fan_in))."""
     limit = 1.0 / math.sqrt(fan_in)
@@ -62,8 +81,7 @@ class _ConvDecoder(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if conv_impl not in ("auto", "native", "grouped_matmul"):
-            raise ValueError(f"`conv_impl` must be 'auto', 'native' or 'grouped_matmul', got {conv_impl!r}.")
+        check_conv_impl(conv_impl)
         if decoder_dim % groups:
             raise ValueError(f"`groups` ({groups}) must divide `decoder_dim` ({decoder_dim}).")
         if int(projection_layers) != projection_layers or projection_layers < 1:
@@ -123,15 +141,9 @@ class _ConvDecoder(keras.layers.Layer):
             self.projections.append(dense)
 
     def _conv(self, x, kernel, bias):
-        before, after = self.kernel_size // 2, (self.kernel_size - 1) // 2
-        width_pad = [before, after] if self.spatial_rank == 2 else [0, 0]
-        x = ops.pad(x, [[0, 0], [before, after], width_pad, [0, 0]])
-        kernel = ops.cast(kernel, x.dtype)
         if self.spatial_rank == 1:
             kernel = ops.expand_dims(kernel, 1)
-        as_matmul = self.conv_impl == "grouped_matmul" or (self.conv_impl == "auto" and _xla_on_cpu())
-        x = grouped_conv2d_matmul(x, kernel, self.groups) if as_matmul else ops.conv(x, kernel, padding="valid")
-        return x + ops.cast(bias, x.dtype)
+        return same_grouped_conv(x, kernel, bias, self.groups, self.conv_impl, pad_width=self.spatial_rank == 2)
 
     def call(self, x):
         dim = x.shape[-1]

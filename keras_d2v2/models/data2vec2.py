@@ -56,17 +56,22 @@ class Data2Vec2(SavesRandomState, keras.Model):
     `"mask"` `(B, clone_batch, T)` (1 = masked, exactly `masking.num_visible(T)` zeros per row, as
     the reference's data loader makes them) and an optional `"mask_noise"`
     `(B, clone_batch, T_masked, D)` to reproduce a reference run. Labels, if the dataset has them,
-    are ignored. Text takes int token ids `(B, T)` the same way, under the key `"tokens"`.
+    are ignored. Text takes int token ids `(B, T)` the same way, under the key `"tokens"`. Audio
+    takes float waveforms `(B, samples)` under `"audio"`, with an optional `"padding_mask"`
+    `(B, samples)` (True = padding) for batches of clips of different lengths; `T` is then the
+    number of conv frames.
     Outputs: `"prediction"` `(B * clone_batch, T, D)`, `"mask"` `(B * clone_batch, T)`, for images
-    `"cls"` `(B * clone_batch, D)`, for text `"local_features"` `(B, T, D)` (the embeddings the teacher
-    encodes); the clones of sample `i` are rows `i * clone_batch ...`.
+    `"cls"` `(B * clone_batch, D)`, for text and audio `"local_features"` `(B, T, D)` (the student's
+    embeddings or CNN features, which the teacher encodes); the clones of sample `i` are rows
+    `i * clone_batch ...`.
 
     Args:
-        encoder: `ImageEncoder` or `TextEncoder`, the student; the teacher is built from
-            `encoder.teacher_config()` (images: a full copy; text: the blocks only).
-        decoder: `ConvDecoder2D` (images) or `ConvDecoder1D` (text).
-        masking: `InverseBlockMasking` or `RandomMasking` (its `clone_batch` is the number of masks
-            per sample).
+        encoder: `ImageEncoder`, `TextEncoder` or `AudioEncoder`, the student; the teacher is built
+            from `encoder.teacher_config()` (images: a full copy; text: the blocks only; audio:
+            everything but the feature extractor).
+        decoder: `ConvDecoder2D` (images) or `ConvDecoder1D` (text, audio).
+        masking: `InverseBlockMasking`, `RandomMasking` or `BlockMasking1D` (its `clone_batch` is the
+            number of masks per sample).
         targets: `ContextualizedTargets`; `top_k` must not exceed `encoder.depth`.
         mask_noise_std: float, std of the noise placed in masked slots of the decoder input.
         loss_scale: float or None; None means 1/sqrt(embed_dim).
@@ -76,6 +81,7 @@ class Data2Vec2(SavesRandomState, keras.Model):
         min_target_var, min_pred_var, collapse_check_after: collapse guard; after
             `collapse_check_after` updates training stops when the target (prediction) std falls
             below `min_target_var` (`min_pred_var`); 0 disables a check.
+        decay_1d_weights: bool, let `compile()` keep weight decay on 1-D weights (see `compile`).
         seed: int or None, seed of the mask-noise generator.
 
     Example:
@@ -100,6 +106,7 @@ class Data2Vec2(SavesRandomState, keras.Model):
         min_target_var=0.0,
         min_pred_var=0.0,
         collapse_check_after=5000,
+        decay_1d_weights=False,
         seed=None,
         **kwargs,
     ):
@@ -121,6 +128,7 @@ class Data2Vec2(SavesRandomState, keras.Model):
         self.min_target_var = min_target_var
         self.min_pred_var = min_pred_var
         self.collapse_check_after = collapse_check_after
+        self.decay_1d_weights = decay_1d_weights
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self._ema_defaults = (ema_decay, ema_end_decay, ema_anneal_end_step)
@@ -176,17 +184,29 @@ class Data2Vec2(SavesRandomState, keras.Model):
 
         return text_model(preset, **overrides)
 
+    @classmethod
+    def audio(cls, preset=None, **overrides):
+        """An audio model from a preset name (see `keras_d2v2.presets`) and/or explicit arguments."""
+        from keras_d2v2.presets import audio_model
+
+        return audio_model(preset, **overrides)
+
     # ----------------------------------------------------------------------------------- student
     def _unpack(self, inputs):
+        """`(source, mask, mask_noise, padding_mask)` from an input array or dict."""
         if isinstance(inputs, dict):
             name = self.encoder.input_name
-            unknown = set(inputs) - {name, "mask", "mask_noise"}
-            if name not in inputs or unknown:
+            keys = [name, "mask", "mask_noise"] + (["padding_mask"] if self.encoder.takes_padding_mask else [])
+            if name not in inputs or set(inputs) - set(keys):
                 raise ValueError(
-                    f"Dict inputs take the keys '{name}' (required), 'mask' and 'mask_noise'; got {sorted(inputs)}."
+                    f"Dict inputs take the keys '{name}' (required), {', '.join(repr(k) for k in keys[1:])}; "
+                    f"got {sorted(inputs)}."
                 )
-            return inputs[name], inputs.get("mask"), inputs.get("mask_noise")
-        return inputs, None, None
+            return inputs[name], inputs.get("mask"), inputs.get("mask_noise"), inputs.get("padding_mask")
+        return inputs, None, None, None
+
+    def _padding_kwargs(self, padding_mask):
+        return {} if padding_mask is None else {"padding_mask": padding_mask}
 
     def _per_sample(self, value, name, tail):
         """Checks a per-sample `(B, clone_batch, *tail)` input and flattens it to `(B * clone_batch, *tail)`."""
@@ -197,9 +217,9 @@ class Data2Vec2(SavesRandomState, keras.Model):
         return ops.reshape(value, (-1,) + tail)
 
     def call(self, inputs, training=None):
-        source, mask, mask_noise = self._unpack(inputs)
-        tokens = self.encoder.embed(source, training=training)
-        padding = self.encoder.padding_mask(source)
+        source, mask, mask_noise, input_padding = self._unpack(inputs)
+        tokens = self.encoder.embed(source, training=training, **self._padding_kwargs(input_padding))
+        padding = self.encoder.padding_mask(source, **self._padding_kwargs(input_padding))
         num_tokens = tokens.shape[1]
         num_visible = self.masking.num_visible(num_tokens)
         if mask is None:
@@ -212,7 +232,17 @@ class Data2Vec2(SavesRandomState, keras.Model):
         flat_ids = sample[:, None] * num_tokens + ops.cast(ids_keep, "int32")
         visible = ops.take(ops.reshape(tokens, (-1, self.embed_dim)), flat_ids, axis=0)
         visible_padding = None if padding is None else ops.take(ops.reshape(padding, (-1,)), flat_ids, axis=0)
-        hidden, _ = self.encoder.encode(visible, padding_mask=visible_padding, training=training)
+        position_kwargs = {}
+        if self.encoder.relative_positions:
+            # Audio: conv positions from each clone's full sequence with its masked frames zeroed,
+            # then kept at the visible frames; ALiBi from the frames' original indices.
+            clones = ops.repeat(tokens, self.masking.clone_batch, axis=0)
+            zeroed = mask
+            if padding is not None:
+                zeroed = ops.maximum(mask, ops.cast(ops.repeat(padding, self.masking.clone_batch, axis=0), mask.dtype))
+            visible = visible + gather_tokens(self.encoder.positional_encoding(clones, zeroed), ids_keep)
+            position_kwargs["positions"] = ids_keep
+        hidden, _ = self.encoder.encode(visible, padding_mask=visible_padding, training=training, **position_kwargs)
 
         x = hidden
         if training and self.decoder.input_dropout > 0.0:
@@ -272,17 +302,22 @@ class Data2Vec2(SavesRandomState, keras.Model):
         the next forward, which is when the reference's teacher is first used."""
         self._update_teacher()
 
-    def teacher_targets(self, source, local_features=None):
+    def teacher_targets(self, source, local_features=None, padding_mask=None):
         """Contextualized targets `(B, T, D)` in float32 from the teacher on the unmasked input.
 
-        Images: the teacher embeds `source` itself. Text: it encodes the student's embeddings,
-        `local_features` (computed here from `source` when not given)."""
+        Images: the teacher embeds `source` itself. Text and audio: it encodes the student's local
+        features, `local_features` (computed here from `source` when not given). `padding_mask` is
+        the input's padding, for audio `(B, samples)`."""
+        pad = self._padding_kwargs(padding_mask)
         if self.encoder.teacher_embeds_input:
             local_features = self.teacher.embed(source)
         elif local_features is None:
-            local_features = self.encoder.embed(source)
-        padding = self.encoder.padding_mask(source)
-        _, ffn_outputs = self.teacher.encode(ops.stop_gradient(local_features), padding_mask=padding, training=False)
+            local_features = self.encoder.embed(source, **pad)
+        padding = self.encoder.padding_mask(source, **pad)
+        x = ops.stop_gradient(local_features)
+        if self.teacher.relative_positions:
+            x = x + self.teacher.positional_encoding(x, padding)
+        _, ffn_outputs = self.teacher.encode(x, padding_mask=padding, training=False)
         return ops.stop_gradient(self.targets(ffn_outputs, padding_mask=padding))
 
     # -------------------------------------------------------------------------------------- loss
@@ -308,11 +343,11 @@ class Data2Vec2(SavesRandomState, keras.Model):
         return regression, cls, weights, prediction, repeated
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        source, _, _ = self._unpack(x)
+        source, _, _, input_padding = self._unpack(x)
         decay = self._update_teacher() if training else self.current_ema_decay()
-        targets = self.teacher_targets(source, y_pred.get("local_features"))
+        targets = self.teacher_targets(source, y_pred.get("local_features"), input_padding)
         regression, cls, weights, prediction, repeated = self.loss_terms(
-            targets, y_pred, self.encoder.padding_mask(source)
+            targets, y_pred, self.encoder.padding_mask(source, **self._padding_kwargs(input_padding))
         )
         loss = regression + cls
         if self.losses:
@@ -328,11 +363,13 @@ class Data2Vec2(SavesRandomState, keras.Model):
 
     # ------------------------------------------------------------------------------ keras hooks
     def compile(self, optimizer="adamw", **kwargs):
-        """As `keras.Model.compile`; like the reference, 1-D weights (biases, LayerNorm) are
-        excluded from the optimizer's weight decay; the CLS token and kernels are decayed."""
+        """As `keras.Model.compile`; like the reference's composite optimizer, 1-D weights (biases,
+        LayerNorm, the ALiBi scale) are excluded from the optimizer's weight decay and the CLS token
+        and kernels are decayed, unless the model was built with `decay_1d_weights=True` (the
+        reference's plain-Adam audio config decays every weight)."""
         super().compile(optimizer=optimizer, **kwargs)
         inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        if getattr(inner, "weight_decay", None):
+        if getattr(inner, "weight_decay", None) and not self.decay_1d_weights:
             inner.exclude_from_weight_decay(var_list=[v for v in self.trainable_variables if len(v.shape) <= 1])
 
     def compile_from_config(self, config):
@@ -358,9 +395,13 @@ class Data2Vec2(SavesRandomState, keras.Model):
         # Compiled steps cannot raise on values (e.g. token ids outside the vocabulary, which JAX
         # would silently clamp): in-memory data is checked once, up front.
         arrays = x.x if isinstance(x, ShuffledBatches) else x
-        arrays = arrays.get(self.encoder.input_name) if isinstance(arrays, dict) else arrays
+        padding = {}
+        if isinstance(arrays, dict):
+            if isinstance(arrays.get("padding_mask"), np.ndarray) and self.encoder.takes_padding_mask:
+                padding = {"padding_mask": arrays["padding_mask"]}
+            arrays = arrays.get(self.encoder.input_name)
         if isinstance(arrays, np.ndarray):
-            self.encoder.check_inputs(arrays)
+            self.encoder.check_inputs(arrays, **padding)
         if isinstance(x, ShuffledBatches):
             if kwargs.get("steps_per_epoch"):
                 # Keras then builds the next epoch's iterator before the epoch begins, and tf.data
@@ -390,6 +431,7 @@ class Data2Vec2(SavesRandomState, keras.Model):
             min_target_var=self.min_target_var,
             min_pred_var=self.min_pred_var,
             collapse_check_after=self.collapse_check_after,
+            decay_1d_weights=self.decay_1d_weights,
             seed=self.seed,
         )
         return config

@@ -46,6 +46,8 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
     input_name = "images"
     # The teacher re-embeds the raw images with its own EMA patch embedding (`ema_local_encoder`).
     teacher_embeds_input = True
+    relative_positions = False
+    takes_padding_mask = False
 
     def __init__(
         self,

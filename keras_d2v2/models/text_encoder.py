@@ -69,6 +69,8 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
     num_extra_tokens = 0
     # The teacher encodes the student's embeddings instead of embedding the input itself.
     teacher_embeds_input = False
+    relative_positions = False
+    takes_padding_mask = False
 
     def __init__(
         self,

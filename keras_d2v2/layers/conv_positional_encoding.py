@@ -1,0 +1,72 @@
+"""The relative (convolutional) positional encoder of data2vec 2.0 audio."""
+
+import keras
+from keras import ops
+
+from keras_d2v2.layers.conv_decoder import check_conv_impl, same_grouped_conv, torch_default_uniform
+
+
+@keras.saving.register_keras_serializable(package="keras_d2v2")
+class ConvPositionalEncoding(keras.layers.Layer):
+    """Positional information from a stack of grouped 1-D convolutions over frames `(N, T, D)`.
+
+    `depth` layers of [grouped Conv1D (D -> D, kernel `max(3, width // depth)`, "same" padding with
+    fairseq's `SamePad`), LayerNorm without affine parameters (eps 1e-5), exact GELU], with no
+    residual inside. The layer returns the encoding; the audio encoder adds it to the frames. In
+    the student it runs on the full sequence with masked frames set to zero, as in the reference.
+
+    Args:
+        width: int, the reference's `conv_pos_width` (95 in the published audio configs).
+        depth: int, `conv_pos_depth` (5).
+        groups: int, `conv_pos_groups` (16); must divide D.
+        conv_impl: "auto", "native" or "grouped_matmul", as in `ConvDecoder1D`.
+
+    Example:
+    >>> encoding = ConvPositionalEncoding(width=25, depth=5, groups=4)
+    >>> encoding(np.zeros((2, 49, 48), "float32")).shape
+    (2, 49, 48)
+    """
+
+    def __init__(self, *, width=95, depth=5, groups=16, conv_impl="auto", **kwargs):
+        super().__init__(**kwargs)
+        if int(depth) != depth or depth < 1:
+            raise ValueError(f"`depth` must be an integer >= 1, got {depth}.")
+        check_conv_impl(conv_impl)
+        self.width = width
+        self.depth = int(depth)
+        self.groups = groups
+        self.conv_impl = conv_impl
+        self.kernel_size = max(3, width // self.depth)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim % self.groups:
+            raise ValueError(f"`groups` ({self.groups}) must divide the frame dimension ({dim}).")
+        init = torch_default_uniform(dim // self.groups * self.kernel_size)
+        self.kernels, self.biases, self.norms = [], [], []
+        for i in range(self.depth):
+            self.kernels.append(
+                self.add_weight(shape=(self.kernel_size, dim // self.groups, dim), initializer=init, name=f"conv{i}_kernel")
+            )
+            self.biases.append(self.add_weight(shape=(dim,), initializer=init, name=f"conv{i}_bias"))
+            norm = keras.layers.LayerNormalization(
+                epsilon=1e-5, center=False, scale=False, dtype=self.dtype_policy, name=f"norm{i}"
+            )
+            norm.build((None, None, None, dim))
+            self.norms.append(norm)
+
+    def call(self, x):
+        dim = x.shape[-1]
+        x = ops.expand_dims(x, 2)
+        for kernel, bias, norm in zip(self.kernels, self.biases, self.norms):
+            x = same_grouped_conv(x, ops.expand_dims(kernel, 1), bias, self.groups, self.conv_impl, pad_width=False)
+            x = ops.gelu(norm(x), approximate=False)
+        return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], dim))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(width=self.width, depth=self.depth, groups=self.groups, conv_impl=self.conv_impl)
+        return config
