@@ -17,5 +17,6 @@ from keras_d2v2.layers import (
 )
 from keras_d2v2.data import ShuffledBatches
 from keras_d2v2.models import AudioEncoder, Data2Vec2, ImageEncoder, TextEncoder
+from keras_d2v2.tokenizers import ByteLevelBPETokenizer
 
 __version__ = "0.1.0"
