@@ -145,11 +145,16 @@ class _ConvDecoder(keras.layers.Layer):
             kernel = ops.expand_dims(kernel, 1)
         return same_grouped_conv(x, kernel, bias, self.groups, self.conv_impl, pad_width=self.spatial_rank == 2)
 
-    def call(self, x):
+    def call(self, x, padding_mask=None):
         dim = x.shape[-1]
         height, width = self._grid(x.shape[1])
         x = ops.reshape(x, (-1, height, width, dim))
+        # Padded positions are held at zero before every conv, as the convolution's own zero
+        # padding past the end of an unpadded sequence, so they never reach real positions.
+        real = None if padding_mask is None else ops.reshape(1.0 - ops.cast(padding_mask, x.dtype), (-1, height, width, 1))
         for kernel, bias, norm in zip(self.kernels, self.biases, self.norms):
+            if real is not None:
+                x = x * real
             residual = x
             x = self._conv(x, kernel, bias)
             x = ops.gelu(norm(x), approximate=False)
@@ -188,6 +193,8 @@ class ConvDecoder2D(_ConvDecoder):
     before, `(k-1)//2` after), a non-affine channel LayerNorm (eps 1e-5) and exact GELU. A
     layer's input is added to its output when `residual` is on and the channel counts match
     (so the first layer gets no residual when `D != decoder_dim`). A final Dense maps back to `D`.
+    `call(x, padding_mask)` takes an optional `(N, T)` mask (True = padding, text and audio) and
+    zeroes those positions before every conv, so that they do not reach the real ones.
 
     Args:
         decoder_dim: int, channels of the conv layers.

@@ -14,6 +14,8 @@ class ConvPositionalEncoding(keras.layers.Layer):
     fairseq's `SamePad`), LayerNorm without affine parameters (eps 1e-5), exact GELU], with no
     residual inside. The layer returns the encoding; the audio encoder adds it to the frames. In
     the student it runs on the full sequence with masked frames set to zero, as in the reference.
+    `call(x, padding_mask)` holds padded frames `(N, T)` (True = padding) at zero before every
+    conv, as the convolution's zero padding past the end of an unpadded sequence.
 
     Args:
         width: int, the reference's `conv_pos_width` (95 in the published audio configs).
@@ -55,10 +57,13 @@ class ConvPositionalEncoding(keras.layers.Layer):
             norm.build((None, None, None, dim))
             self.norms.append(norm)
 
-    def call(self, x):
+    def call(self, x, padding_mask=None):
         dim = x.shape[-1]
         x = ops.expand_dims(x, 2)
+        real = None if padding_mask is None else (1.0 - ops.cast(padding_mask, x.dtype))[:, :, None, None]
         for kernel, bias, norm in zip(self.kernels, self.biases, self.norms):
+            if real is not None:
+                x = x * real
             x = same_grouped_conv(x, ops.expand_dims(kernel, 1), bias, self.groups, self.conv_impl, pad_width=False)
             x = ops.gelu(norm(x), approximate=False)
         return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], dim))

@@ -269,12 +269,15 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
         x = self.feature_extractor(ops.cast(x * real, self.compute_dtype))
         return self.feature_projection(self.feature_norm(x))
 
-    def positional_encoding(self, x, zeroed=None):
-        """The conv positional encoding of frames `x` `(N, T, D)`, with the frames where `zeroed`
-        `(N, T)` is 1 (masked or padded) set to zero first."""
-        if zeroed is not None:
-            x = x * (1.0 - ops.cast(zeroed, x.dtype))[..., None]
-        return self.conv_positions(x)
+    def positional_encoding(self, x, mask=None, padding_mask=None):
+        """The conv positional encoding of frames `x` `(N, T, D)` with the masked frames (`mask`
+        `(N, T)`, 1 = masked) set to zero at its input, as the reference, and padded frames
+        (`padding_mask`, True = padding) held at zero throughout."""
+        if mask is not None:
+            x = x * (1.0 - ops.cast(mask, x.dtype))[..., None]
+        if padding_mask is None:
+            return self.conv_positions(x)
+        return self.conv_positions(x, padding_mask=padding_mask)
 
     def encode(self, x, padding_mask=None, positions=None, training=None):
         """Context LayerNorm, prenet and main blocks on frames `x` `(N, T', D)` (positional encoding
@@ -311,7 +314,7 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
     def call(self, audio, training=None, padding_mask=None):
         x = self.embed(audio, training=training, padding_mask=padding_mask)
         frame_padding = self.padding_mask(audio, padding_mask)
-        x = x + self.positional_encoding(x, frame_padding)
+        x = x + self.positional_encoding(x, padding_mask=frame_padding)
         hidden, _ = self.encode(x, padding_mask=frame_padding, training=training)
         return hidden
 

@@ -231,16 +231,17 @@ class Data2Vec2(SavesRandomState, keras.Model):
         sample = ops.arange(ops.shape(ids_keep)[0], dtype="int32") // self.masking.clone_batch
         flat_ids = sample[:, None] * num_tokens + ops.cast(ids_keep, "int32")
         visible = ops.take(ops.reshape(tokens, (-1, self.embed_dim)), flat_ids, axis=0)
-        visible_padding = None if padding is None else ops.take(ops.reshape(padding, (-1,)), flat_ids, axis=0)
+        visible_padding = clone_padding = None
+        if padding is not None:
+            visible_padding = ops.take(ops.reshape(padding, (-1,)), flat_ids, axis=0)
+            clone_padding = ops.repeat(padding, self.masking.clone_batch, axis=0)
         position_kwargs = {}
         if self.encoder.relative_positions:
             # Audio: conv positions from each clone's full sequence with its masked frames zeroed,
             # then kept at the visible frames; ALiBi from the frames' original indices.
             clones = ops.repeat(tokens, self.masking.clone_batch, axis=0)
-            zeroed = mask
-            if padding is not None:
-                zeroed = ops.maximum(mask, ops.cast(ops.repeat(padding, self.masking.clone_batch, axis=0), mask.dtype))
-            visible = visible + gather_tokens(self.encoder.positional_encoding(clones, zeroed), ids_keep)
+            positions = self.encoder.positional_encoding(clones, mask, padding_mask=clone_padding)
+            visible = visible + gather_tokens(positions, ids_keep)
             position_kwargs["positions"] = ids_keep
         hidden, _ = self.encoder.encode(visible, padding_mask=visible_padding, training=training, **position_kwargs)
 
@@ -256,7 +257,8 @@ class Data2Vec2(SavesRandomState, keras.Model):
         else:
             mask_noise = self._per_sample(mask_noise, "mask_noise", (num_masked, self.embed_dim))
         x = ops.concatenate([x, ops.cast(mask_noise, x.dtype)], axis=1)
-        prediction = self.decoder(gather_tokens(x, ids_restore))
+        decoder_kwargs = {} if padding is None else {"padding_mask": clone_padding}
+        prediction = self.decoder(gather_tokens(x, ids_restore), **decoder_kwargs)
         outputs = {"prediction": prediction, "mask": mask}
         if self.encoder.num_extra_tokens:
             outputs["cls"] = hidden[:, 0]
@@ -316,7 +318,7 @@ class Data2Vec2(SavesRandomState, keras.Model):
         padding = self.encoder.padding_mask(source, **pad)
         x = ops.stop_gradient(local_features)
         if self.teacher.relative_positions:
-            x = x + self.teacher.positional_encoding(x, padding)
+            x = x + self.teacher.positional_encoding(x, padding_mask=padding)
         _, ffn_outputs = self.teacher.encode(x, padding_mask=padding, training=False)
         return ops.stop_gradient(self.targets(ffn_outputs, padding_mask=padding))
 
