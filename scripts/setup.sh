@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Idempotent set-up on a fresh machine: Fashion-MNIST from Debian, a venv with all three backends.
+# Idempotent set-up on a fresh machine: data sets from Debian, a venv with all three backends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+# Debian packages that carry the data sets: Fashion-MNIST (images), the Python 3.11 docs (text).
+missing=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+[ -d /usr/share/doc/python3.11/html/_sources/library ] || missing+=(python3.11-doc)
+if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "note: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); its tests will skip" >&2
+    echo "note: ${missing[*]} not installed (apt-get install ${missing[*]}); the tests that need them will skip" >&2
   fi
 fi
 

@@ -8,7 +8,7 @@ import keras
 import pytest
 
 from conftest import REPO
-from keras_d2v2.data import FASHION_MNIST_DIR
+from keras_d2v2.data import FASHION_MNIST_DIR, PYTHON_DOCS_DIR
 
 
 @pytest.mark.skipif(
@@ -29,3 +29,31 @@ def test_pretrain_image_smoke(tmp_path):
     assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
     assert (tmp_path / "m.keras").exists()
     assert not (tmp_path / "backup").exists()  # resume state is removed once training has finished
+
+
+@pytest.mark.skipif(
+    not (PYTHON_DOCS_DIR / "library").is_dir(),
+    reason="Python docs sources not installed (apt-get install python3.11-doc)",
+)
+def test_pretrain_text_smoke(tmp_path):
+    pytest.importorskip("tokenizers", reason="the `text` extra is not installed (pip install 'keras-d2v2[text]')")
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+    result = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "pretrain_text.py"), "--smoke", "--save", str(tmp_path / "m.keras"),
+         "--backup", str(tmp_path / "backup")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
+    assert "linear probe" in result.stdout
+    assert (tmp_path / "m.keras").exists() and not (tmp_path / "backup").exists()
+    # The tokenizer saved beside the model gives ids the saved model takes.
+    from keras_d2v2 import ByteLevelBPETokenizer
+
+    tokenizer = ByteLevelBPETokenizer.load(tmp_path / "m_tokenizer")
+    model = keras.saving.load_model(tmp_path / "m.keras")
+    tokenizer.check_model(model)
+    assert tuple(model.encoder(tokenizer.encode(["def f(x): return x"])).shape)[-1] == model.encoder.embed_dim

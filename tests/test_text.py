@@ -7,6 +7,7 @@ from keras import ops
 
 from conftest import assert_close
 from keras_d2v2 import Data2Vec2, RandomMasking, TextEncoder
+from keras_d2v2.evaluation import encoder_features
 
 
 def tiny(**overrides):
@@ -38,6 +39,16 @@ def test_padding_changes_nothing_for_the_real_tokens():
     padded = np.concatenate([short, np.full((2, 6), model.encoder.pad_id, "int32")], axis=1)
     assert_close(model.encoder(padded)[:, :10], model.encoder(short), rtol=1e-5, name="encoder")
     assert_close(model.teacher_targets(padded)[:, :10], model.teacher_targets(short), rtol=1e-4, name="targets")
+
+
+def test_encoder_features_pool_only_the_real_tokens():
+    # The k-NN / probe features: padding must not shift the mean.
+    model = tiny()
+    short = tokens(2, 10)
+    padded = np.concatenate([short, np.full((2, 6), model.encoder.pad_id, "int32")], axis=1)
+    np.testing.assert_allclose(
+        encoder_features(model.encoder, padded), encoder_features(model.encoder, short), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_padded_positions_never_count_in_the_loss():

@@ -4,12 +4,20 @@ import numpy as np
 from keras import ops
 
 
-def encoder_features(encoder, images, batch_size=512):
-    """Mean of the encoder's final patch tokens (CLS excluded), L2-normalized, as numpy (N, D)."""
+def encoder_features(encoder, inputs, batch_size=512):
+    """Mean of the encoder's final tokens (CLS excluded; padding excluded for encoders whose
+    `padding_mask(inputs)` marks some, e.g. text), L2-normalized, as numpy (N, D)."""
     features = []
-    for start in range(0, len(images), batch_size):
-        hidden = encoder(images[start : start + batch_size], training=False)
-        features.append(ops.convert_to_numpy(ops.mean(hidden[:, encoder.num_extra_tokens :], axis=1)))
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start : start + batch_size]
+        hidden = encoder(batch, training=False)[:, encoder.num_extra_tokens :]
+        padding = encoder.padding_mask(batch)
+        if padding is None:
+            pooled = ops.mean(hidden, axis=1)
+        else:
+            weights = ops.cast(ops.logical_not(padding), hidden.dtype)[..., None]
+            pooled = ops.sum(hidden * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
+        features.append(ops.convert_to_numpy(pooled))
     features = np.concatenate(features).astype("float32")
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
