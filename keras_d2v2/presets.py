@@ -182,6 +182,10 @@ AUDIO_PRESETS = {
     "large": dict(_AUDIO_COMMON, embed_dim=1024, depth=16, prenet_depth=8, num_heads=16, top_k=16, clone_batch=12,
                   mask_prob=0.55, mask_prob_adjust=0.1, decoder_dim=768,
                   ema_decay=0.9997, ema_end_decay=1.0, ema_anneal_end_step=300_000),
+    # A tiny speech model for a CPU (recipes/pretrain_audio.py): 64 conv channels, 1 s segments.
+    "tiny": dict(_AUDIO_COMMON, feature_layers=((64, 10, 5),) + ((64, 3, 2),) * 4 + ((64, 2, 2),) * 2,
+                 embed_dim=128, depth=4, num_heads=4, top_k=4, clone_batch=4, decoder_dim=64, decoder_groups=8,
+                 ema_decay=0.999, ema_end_decay=0.9999, ema_anneal_end_step=2000),
     # The golden fixture's model (../shared/golden/audio_config.json); for tests.
     "tiny_test": dict(_AUDIO_COMMON, feature_layers=((32, 10, 5),) + ((32, 3, 2),) * 4 + ((32, 2, 2),) * 2,
                       embed_dim=48, depth=3, num_heads=6, top_k=2, clone_batch=4, conv_pos_width=25,

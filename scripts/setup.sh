@@ -3,10 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages that carry the data sets: Fashion-MNIST (images), the Python 3.11 docs (text).
+# Debian packages that carry the data sets: Fashion-MNIST (images), the Python 3.11 docs (text),
+# the Asterisk voice prompts (speech).
 missing=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 [ -d /usr/share/doc/python3.11/html/_sources/library ] || missing+=(python3.11-doc)
+for voice in en:en_US_f_Allison es:es_MX_f_Allison fr:fr_CA_f_June it:it_IT_m_Carlo ru:ru_RU_f_IvrvoiceRU; do
+  [ -d "/usr/share/asterisk/sounds/${voice#*:}" ] || missing+=("asterisk-core-sounds-${voice%%:*}-wav")
+done
+[ -d /usr/share/asterisk/sounds/it_IT_f_Menardi ] || missing+=(asterisk-prompt-it-menardi-wav)
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -12,9 +12,14 @@ PADDING_BIAS = -1e4
 
 
 def _is_concrete(x):
-    """Whether `x` holds values now (eager), rather than being traced into a compiled graph."""
+    """Whether `x` holds values now (eager), rather than being traced into a compiled graph or
+    being a placeholder of Keras' shape inference (which fills torch inputs with ones)."""
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
     if isinstance(x, np.ndarray):
         return True
+    if in_symbolic_scope():
+        return False
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
