@@ -1,6 +1,8 @@
 """Audio data2vec 2.0 on the active backend: conv features, 1-D block masking, ALiBi, padding,
 layerdrop, training, saving, bad input."""
 
+import wave
+
 import keras
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from keras import ops
 
 from conftest import assert_close
 from keras_d2v2 import ALiBiBias, AudioEncoder, BlockMasking1D, Data2Vec2
+from keras_d2v2.data.audio import read_wav, segment_clips
 from keras_d2v2.layers import ConvFeatureExtractor, alibi_slopes
 
 TINY_LAYERS = [(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2
@@ -172,3 +175,27 @@ def test_bad_padding_and_sample_rate():
     image = Data2Vec2.image(preset="tiny_test")
     with pytest.raises(ValueError, match="'mask', 'mask_noise'; got"):
         image({"images": np.zeros((1, 32, 32, 3), "float32"), "padding_mask": np.zeros((1, 4))})
+
+
+def test_segment_clips_pads_the_remainder_and_drops_short_ones():
+    clips = [np.arange(1, 2501, dtype="float32"), np.ones(900, "float32"), np.ones(300, "float32")]
+    audio, padding, index = segment_clips(clips, num_samples=1000)
+    # 2500 -> 1000 + 1000 + 500 padded; 900 -> one padded segment; 300 < 500 is dropped.
+    np.testing.assert_array_equal(index, [0, 0, 0, 1])
+    np.testing.assert_array_equal((~padding).sum(1), [1000, 1000, 500, 900])
+    np.testing.assert_array_equal(audio[2, :500], np.arange(2001, 2501))
+    assert not audio[padding].any()
+    with pytest.raises(ValueError, match="No clip has 500 samples"):
+        segment_clips([np.ones(10)], num_samples=1000)
+    with pytest.raises(ValueError, match="1-D mono waveform"):
+        segment_clips([np.ones((10, 2))], num_samples=4)
+
+
+def test_read_wav_scales_16_bit_pcm(tmp_path):
+    pcm = np.array([0, 16384, -32768, 32767], "<i2")
+    with wave.open(str(tmp_path / "a.wav"), "wb") as f:
+        f.setnchannels(1), f.setsampwidth(2), f.setframerate(8000)
+        f.writeframes(pcm.tobytes())
+    waveform, rate = read_wav(tmp_path / "a.wav")
+    assert rate == 8000
+    np.testing.assert_allclose(waveform, pcm / 32768.0)

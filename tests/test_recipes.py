@@ -9,6 +9,7 @@ import pytest
 
 from conftest import REPO
 from keras_d2v2.data import FASHION_MNIST_DIR, PYTHON_DOCS_DIR
+from keras_d2v2.data.audio import ASTERISK_SOUNDS_DIR, ASTERISK_VOICES
 
 
 @pytest.mark.skipif(
@@ -57,3 +58,25 @@ def test_pretrain_text_smoke(tmp_path):
     model = keras.saving.load_model(tmp_path / "m.keras")
     tokenizer.check_model(model)
     assert tuple(model.encoder(tokenizer.encode(["def f(x): return x"])).shape)[-1] == model.encoder.embed_dim
+
+
+@pytest.mark.skipif(
+    not all((ASTERISK_SOUNDS_DIR / voice).is_dir() for voice in ASTERISK_VOICES),
+    reason="Asterisk prompts not installed (apt-get install asterisk-core-sounds-{en,es,fr,it,ru}-wav "
+    "asterisk-prompt-it-menardi-wav)",
+)
+def test_pretrain_audio_smoke(tmp_path):
+    pytest.importorskip("scipy", reason="the `audio` extra is not installed (pip install 'keras-d2v2[audio]')")
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+    result = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "pretrain_audio.py"), "--smoke", "--save", str(tmp_path / "m.keras"),
+         "--backup", str(tmp_path / "backup")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"backend {keras.backend.backend()}" in result.stdout
+    assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
+    assert (tmp_path / "m.keras").exists() and not (tmp_path / "backup").exists()
