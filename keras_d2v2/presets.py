@@ -64,7 +64,8 @@ def _config(presets, preset, overrides, allowed, modality):
         raise ValueError(f"Unknown {modality} preset {preset!r}; available: {sorted(presets)}.")
     unknown = set(overrides) - set(allowed)
     if unknown:
-        raise ValueError(f"Unknown argument(s) {sorted(unknown)} for a {modality} model.")
+        article = "an" if modality[0] in "aeiou" else "a"
+        raise ValueError(f"Unknown argument(s) {sorted(unknown)} for {article} {modality} model.")
     config.update(overrides)
     seed = config.get("seed")
     return config, (lambda k: None if seed is None else seed + k)
