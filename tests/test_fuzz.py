@@ -7,7 +7,15 @@ import numpy as np
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from keras_d2v2 import ContextualizedTargets, ConvDecoder1D, Data2Vec2, InverseBlockMasking, RandomMasking, TransformerBlock
+from keras_d2v2 import (
+    BlockMasking1D,
+    ContextualizedTargets,
+    ConvDecoder1D,
+    Data2Vec2,
+    InverseBlockMasking,
+    RandomMasking,
+    TransformerBlock,
+)
 
 # Derandomized: CI runs the same examples every time; explicit @example()s pin cases found before.
 FUZZ = settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -80,6 +88,39 @@ def test_random_masking_works_or_names_the_problem(batch, tokens, mask_prob, clo
 
 
 @FUZZ
+@given(
+    tokens=st.integers(1, 60),
+    mask_prob=st.floats(0.05, 0.95),
+    length=st.integers(1, 7),
+    adjust=st.floats(0.0, 0.2),
+    inverse=st.booleans(),
+)
+def test_block_masking_1d_works_or_names_the_problem(tokens, mask_prob, length, adjust, inverse):
+    layer = BlockMasking1D(mask_prob=mask_prob, block_length=length, mask_prob_adjust=adjust, inverse=inverse,
+                           clone_batch=2, seed=0)
+    try:
+        mask = np.asarray(layer(np.zeros((2, tokens, 1), "float32")))
+    except ValueError as error:
+        assert "visible token" in str(error) or "masks no frame" in str(error), str(error)
+        return
+    masked = tokens - int(tokens * (1 - mask_prob)) if inverse else int(tokens * mask_prob)
+    assert mask.shape == (4, tokens) and set(np.unique(mask)) <= {0.0, 1.0}
+    assert (mask.sum(1) == masked).all()
+
+
+@FUZZ
+@given(samples=st.integers(1, 2000), rank=st.integers(1, 3), dtype=st.sampled_from(["float32", "int16", "float16"]))
+def test_audio_model_input_works_or_names_the_problem(samples, rank, dtype):
+    shape = (2, samples, 1)[:rank] if rank > 1 else (samples,)
+    try:
+        tiny_audio_model()(np.ones(shape, dtype))
+    except ValueError as error:
+        assert "`audio`" in str(error) or "`mask_prob`" in str(error), str(error)
+        return
+    assert rank == 2 and samples >= 400 and "float" in dtype
+
+
+@FUZZ
 @given(shape=shapes(1, 4), dtype=st.sampled_from(["int32", "int64", "float32", "uint8"]), value=st.integers(-2, 120))
 def test_text_model_input_works_or_names_the_problem(shape, dtype, value):
     try:
@@ -109,3 +150,8 @@ def tiny_model():
 @functools.cache
 def tiny_text_model():
     return Data2Vec2.text(preset="tiny_test", seed=0)
+
+
+@functools.cache
+def tiny_audio_model():
+    return Data2Vec2.audio(preset="tiny_test", seed=0)
