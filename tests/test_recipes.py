@@ -12,14 +12,11 @@ from keras_d2v2.data import FASHION_MNIST_DIR, PYTHON_DOCS_DIR
 from keras_d2v2.data.audio import ASTERISK_SOUNDS_DIR, ASTERISK_VOICES
 
 
-@pytest.mark.skipif(
-    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
-def test_pretrain_image_smoke(tmp_path):
+def run_smoke(recipe, tmp_path):
+    """Runs `recipes/<recipe>.py --smoke` on the active backend, saving into `tmp_path`."""
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
     result = subprocess.run(
-        [sys.executable, str(REPO / "recipes" / "pretrain_image.py"), "--smoke", "--save", str(tmp_path / "m.keras"),
+        [sys.executable, str(REPO / "recipes" / f"{recipe}.py"), "--smoke", "--save", str(tmp_path / "m.keras"),
          "--backup", str(tmp_path / "backup")],
         capture_output=True,
         text=True,
@@ -27,6 +24,15 @@ def test_pretrain_image_smoke(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+def test_pretrain_image_smoke(tmp_path):
+    result = run_smoke("pretrain_image", tmp_path)
     assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
     assert (tmp_path / "m.keras").exists()
     assert not (tmp_path / "backup").exists()  # resume state is removed once training has finished
@@ -38,16 +44,7 @@ def test_pretrain_image_smoke(tmp_path):
 )
 def test_pretrain_text_smoke(tmp_path):
     pytest.importorskip("tokenizers", reason="the `text` extra is not installed (pip install 'keras-d2v2[text]')")
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
-    result = subprocess.run(
-        [sys.executable, str(REPO / "recipes" / "pretrain_text.py"), "--smoke", "--save", str(tmp_path / "m.keras"),
-         "--backup", str(tmp_path / "backup")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_smoke("pretrain_text", tmp_path)
     assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
     assert "linear probe" in result.stdout
     assert (tmp_path / "m.keras").exists() and not (tmp_path / "backup").exists()
@@ -67,16 +64,7 @@ def test_pretrain_text_smoke(tmp_path):
 )
 def test_pretrain_audio_smoke(tmp_path):
     pytest.importorskip("scipy", reason="the `audio` extra is not installed (pip install 'keras-d2v2[audio]')")
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
-    result = subprocess.run(
-        [sys.executable, str(REPO / "recipes" / "pretrain_audio.py"), "--smoke", "--save", str(tmp_path / "m.keras"),
-         "--backup", str(tmp_path / "backup")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_smoke("pretrain_audio", tmp_path)
     assert f"backend {keras.backend.backend()}" in result.stdout
     assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
     assert (tmp_path / "m.keras").exists() and not (tmp_path / "backup").exists()

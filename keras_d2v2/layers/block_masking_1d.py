@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_d2v2.layers.inverse_block_masking import keep_top_k, num_visible_tokens
+from keras_d2v2.layers.inverse_block_masking import check_masking_args, keep_top_k, num_visible_tokens
 from keras_d2v2.layers.random_state import SavesRandomState
 
 
@@ -39,14 +39,7 @@ class BlockMasking1D(SavesRandomState, keras.layers.Layer):
         self, *, mask_prob=0.5, block_length=5, mask_prob_adjust=0.05, inverse=False, clone_batch=8, seed=None, **kwargs
     ):
         super().__init__(**kwargs)
-        if not 0.0 < mask_prob < 1.0:
-            raise ValueError(f"`mask_prob` must be in (0, 1), got {mask_prob}.")
-        if int(block_length) != block_length or block_length < 1:
-            raise ValueError(f"`block_length` must be an integer >= 1, got {block_length}.")
-        if mask_prob_adjust < 0:
-            raise ValueError(f"`mask_prob_adjust` must be >= 0, got {mask_prob_adjust}.")
-        if int(clone_batch) != clone_batch or clone_batch < 1:
-            raise ValueError(f"`clone_batch` must be an integer >= 1, got {clone_batch}.")
+        check_masking_args(mask_prob, clone_batch, block_length, mask_prob_adjust)
         self.mask_prob = mask_prob
         self.block_length = int(block_length)
         self.mask_prob_adjust = mask_prob_adjust

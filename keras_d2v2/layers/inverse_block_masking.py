@@ -22,6 +22,18 @@ def mask_info(mask, num_visible):
     return ids_shuffle[:, :num_visible], ids_restore
 
 
+def check_masking_args(mask_prob, clone_batch, block_length=1, mask_prob_adjust=0.0):
+    """Raises a ValueError naming the first masking argument out of its range."""
+    if not 0.0 < mask_prob < 1.0:
+        raise ValueError(f"`mask_prob` must be in (0, 1), got {mask_prob}.")
+    if int(block_length) != block_length or block_length < 1:
+        raise ValueError(f"`block_length` must be an integer >= 1, got {block_length}.")
+    if mask_prob_adjust < 0:
+        raise ValueError(f"`mask_prob_adjust` must be >= 0, got {mask_prob_adjust}.")
+    if int(clone_batch) != clone_batch or clone_batch < 1:
+        raise ValueError(f"`clone_batch` must be an integer >= 1, got {clone_batch}.")
+
+
 def num_visible_tokens(mask_prob, num_tokens):
     """Visible tokens per row, `int(T * (1 - mask_prob))` as in the reference; at least 1, fewer than T."""
     visible = int(num_tokens * (1 - mask_prob))
@@ -71,14 +83,7 @@ class InverseBlockMasking(SavesRandomState, keras.layers.Layer):
 
     def __init__(self, *, mask_prob=0.8, block_length=3, mask_prob_adjust=0.07, clone_batch=16, seed=None, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 < mask_prob < 1.0:
-            raise ValueError(f"`mask_prob` must be in (0, 1), got {mask_prob}.")
-        if int(block_length) != block_length or block_length < 1:
-            raise ValueError(f"`block_length` must be an integer >= 1, got {block_length}.")
-        if mask_prob_adjust < 0:
-            raise ValueError(f"`mask_prob_adjust` must be >= 0, got {mask_prob_adjust}.")
-        if int(clone_batch) != clone_batch or clone_batch < 1:
-            raise ValueError(f"`clone_batch` must be an integer >= 1, got {clone_batch}.")
+        check_masking_args(mask_prob, clone_batch, block_length, mask_prob_adjust)
         self.mask_prob = mask_prob
         self.block_length = int(block_length)
         self.mask_prob_adjust = mask_prob_adjust

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_d2v2.layers.inverse_block_masking import keep_top_k, num_visible_tokens
+from keras_d2v2.layers.inverse_block_masking import check_masking_args, keep_top_k, num_visible_tokens
 from keras_d2v2.layers.random_state import SavesRandomState
 
 
@@ -31,10 +31,7 @@ class RandomMasking(SavesRandomState, keras.layers.Layer):
 
     def __init__(self, *, mask_prob=0.48, clone_batch=8, seed=None, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 < mask_prob < 1.0:
-            raise ValueError(f"`mask_prob` must be in (0, 1), got {mask_prob}.")
-        if int(clone_batch) != clone_batch or clone_batch < 1:
-            raise ValueError(f"`clone_batch` must be an integer >= 1, got {clone_batch}.")
+        check_masking_args(mask_prob, clone_batch)
         self.mask_prob = mask_prob
         self.clone_batch = int(clone_batch)
         self.seed = seed

@@ -179,3 +179,26 @@ def block_stack(names, *, drop_path_rate=0.0, seed=None, **block_kwargs):
         )
         for i, (name, rate) in enumerate(zip(names, rates))
     ]
+
+
+def encoder_stack(*, prenet_depth, depth, norm_eps, layer_norm_first, drop_path_rate=0.0, seed=None, dtype=None,
+                  **block_kwargs):
+    """The blocks of an image or audio encoder, as the reference's `BlockEncoder` + main blocks:
+    `(prenet_blocks, blocks, context_norm, final_norm)`. Post-LN normalizes the first block's input
+    (`context_norm`, no `final_norm`); pre-LN normalizes the last block's output instead. Stochastic
+    depth rises over prenet and main blocks together."""
+    blocks = block_stack(
+        [f"prenet_block{i}" for i in range(prenet_depth)] + [f"block{i}" for i in range(depth)],
+        drop_path_rate=drop_path_rate,
+        seed=seed,
+        norm_eps=norm_eps,
+        layer_norm_first=layer_norm_first,
+        dtype=dtype,
+        **block_kwargs,
+    )
+    norm = keras.layers.LayerNormalization(
+        epsilon=norm_eps, dtype=dtype, name="final_norm" if layer_norm_first else "context_norm"
+    )
+    if layer_norm_first:
+        return blocks[:prenet_depth], blocks[prenet_depth:], None, norm
+    return blocks[:prenet_depth], blocks[prenet_depth:], norm, None

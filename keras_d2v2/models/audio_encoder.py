@@ -15,7 +15,7 @@ from keras_d2v2.layers.conv_feature_extractor import (
 )
 from keras_d2v2.layers.conv_positional_encoding import ConvPositionalEncoding
 from keras_d2v2.layers.random_state import SavesRandomState
-from keras_d2v2.layers.transformer_block import block_stack
+from keras_d2v2.layers.transformer_block import encoder_stack
 from keras_d2v2.models.text_encoder import _is_concrete, padding_attention_bias
 
 
@@ -156,8 +156,9 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
             name="conv_positions",
         )
         self.alibi = ALiBiBias(num_heads=num_heads, learned_scale=learned_alibi_scale, name="alibi")
-        blocks = block_stack(
-            [f"prenet_block{i}" for i in range(prenet_depth)] + [f"block{i}" for i in range(depth)],
+        self.prenet_blocks, self.blocks, self.context_norm, self.final_norm = encoder_stack(
+            prenet_depth=prenet_depth,
+            depth=depth,
             drop_path_rate=drop_path_rate,
             seed=seed,
             num_heads=num_heads,
@@ -170,12 +171,6 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
             post_mlp_dropout=post_mlp_dropout,
             dtype=self.dtype_policy,
         )
-        self.prenet_blocks, self.blocks = blocks[:prenet_depth], blocks[prenet_depth:]
-        norm = keras.layers.LayerNormalization(
-            epsilon=norm_eps, dtype=self.dtype_policy, name="final_norm" if layer_norm_first else "context_norm"
-        )
-        self.context_norm = None if layer_norm_first else norm
-        self.final_norm = norm if layer_norm_first else None
 
     def teacher_config(self):
         """Config of the EMA teacher: everything but the feature extractor and its projection."""

@@ -5,7 +5,7 @@ from keras import ops
 from keras_d2v2.layers.random_state import SavesRandomState
 
 from keras_d2v2.layers.patch_embedding import PatchEmbedding
-from keras_d2v2.layers.transformer_block import block_stack
+from keras_d2v2.layers.transformer_block import encoder_stack
 
 
 @keras.saving.register_keras_serializable(package="keras_d2v2")
@@ -103,8 +103,9 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
             name="patch_embedding",
         )
         self.num_patches = self.num_tokens = self.patch_embedding.num_patches
-        blocks = block_stack(
-            [f"prenet_block{i}" for i in range(prenet_depth)] + [f"block{i}" for i in range(depth)],
+        self.prenet_blocks, self.blocks, self.context_norm, self.final_norm = encoder_stack(
+            prenet_depth=prenet_depth,
+            depth=depth,
             drop_path_rate=drop_path_rate,
             seed=seed,
             num_heads=num_heads,
@@ -117,13 +118,6 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
             post_mlp_dropout=post_mlp_dropout,
             dtype=self.dtype_policy,
         )
-        self.prenet_blocks, self.blocks = blocks[:prenet_depth], blocks[prenet_depth:]
-        # Post-LN normalizes the block input (context norm); pre-LN normalizes the output instead.
-        norm = keras.layers.LayerNormalization(
-            epsilon=norm_eps, dtype=self.dtype_policy, name="final_norm" if layer_norm_first else "context_norm"
-        )
-        self.context_norm = None if layer_norm_first else norm
-        self.final_norm = norm if layer_norm_first else None
 
     def build(self, input_shape=None):
         self.patch_embedding.build((None, self.image_size, self.image_size, self.channels))
