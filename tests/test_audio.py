@@ -199,3 +199,13 @@ def test_read_wav_scales_16_bit_pcm(tmp_path):
     waveform, rate = read_wav(tmp_path / "a.wav")
     assert rate == 8000
     np.testing.assert_allclose(waveform, pcm / 32768.0)
+
+
+def test_mixed_precision_with_padding_trains_with_float32_targets():
+    model = tiny(dtype="mixed_bfloat16")
+    padding = np.arange(16000)[None, :] >= np.array([[16000], [9000]])
+    x = {"audio": chirps(2), "padding_mask": padding}
+    assert keras.backend.standardize_dtype(model(x)["prediction"].dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(model.teacher_targets(x["audio"], padding_mask=padding).dtype) == "float32"
+    model.compile(optimizer="adam")
+    assert np.isfinite(model.fit(x, batch_size=2, epochs=1, verbose=0).history["loss"][0])
