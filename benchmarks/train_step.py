@@ -102,6 +102,29 @@ def image_step_flops(model, batch):
     }
 
 
+def audio_step_flops(model, batch, num_samples):
+    """Model FLOPs of one training step of an audio `Data2Vec2` on `batch` clips of `num_samples`."""
+    encoder = model.encoder
+    dim, clones = encoder.embed_dim, batch * model.masking.clone_batch
+    frames, cnn, length = encoder.output_length(num_samples), 0, num_samples
+    for conv in encoder.feature_extractor.convs:
+        length = (length - conv.kernel_size[0]) // conv.strides[0] + 1
+        cnn += 2 * length * _numel(conv.kernel)
+    local = batch * (cnn + 2 * frames * _numel(encoder.feature_projection.kernel))
+    positions = 2 * frames * sum(_numel(kernel) for kernel in encoder.conv_positions.kernels)
+    blocks = encoder.prenet_blocks + encoder.blocks
+    visible = model.masking.num_visible(frames)
+    student = local + clones * (positions + transformer_flops(blocks, visible, dim))
+    decoder = clones * conv_decoder_flops(model.decoder, frames)
+    teacher = batch * (positions + transformer_flops(blocks, frames, dim))
+    return {
+        "student_fwd": student,
+        "decoder_fwd": decoder,
+        "teacher_fwd": teacher,
+        "total": 3 * (student + decoder) + teacher,
+    }
+
+
 # ------------------------------------------------------------------- decoder conv experiments
 # Alternatives to the package's grouped conv, patched in by --decoder-conv to measure what a change
 # in keras_d2v2/layers/conv_decoder.py would give. Each computes the same function as `ops.conv`
@@ -208,7 +231,32 @@ def vitb(args):
     return _image_bench(keras_d2v2.Data2Vec2.image(preset="base", seed=0), batch_size=64)
 
 
-CONFIGS = {"tiny": tiny, "image_cpu": image_cpu, "vitb": vitb}
+def audio_cpu(args):
+    """Issue 6's CPU bar config: audio 256-d, 4 blocks, 4 heads, conv extractor with 256 channels
+    (the reference's 7 layers), batch 4 x 2 s at 16 kHz, 4 clones, mask 0.5 in spans of 5,
+    decoder 128-d x 4 layers, kernel 7."""
+    import keras_d2v2
+    from keras_d2v2.layers.conv_feature_extractor import BASE_FEATURE_LAYERS
+
+    num_samples = 32000
+    model = keras_d2v2.Data2Vec2.audio(
+        preset="base", feature_layers=[(256, k, s) for _, k, s in BASE_FEATURE_LAYERS], embed_dim=256, depth=4,
+        num_heads=4, top_k=4, clone_batch=4, mask_prob=0.5, block_length=5, decoder_dim=128, decoder_layers=4,
+        decoder_kernel=7, seed=0,
+    )
+
+    def make_batch(batch, rng):
+        return rng.standard_normal((batch, num_samples), dtype=np.float32)
+
+    return Bench(
+        model=model,
+        batch_size=4,
+        make_batch=make_batch,
+        flops=lambda model, batch: audio_step_flops(model, batch, num_samples),
+    )
+
+
+CONFIGS = {"tiny": tiny, "image_cpu": image_cpu, "vitb": vitb, "audio_cpu": audio_cpu}
 
 
 # ---------------------------------------------------------------------------------- backend helpers
