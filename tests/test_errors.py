@@ -17,7 +17,7 @@ from keras_d2v2 import (
     InverseBlockMasking,
 )
 from keras_d2v2.data.audio import load_asterisk_prompts
-from keras_d2v2.data import load_fashion_mnist
+from keras_d2v2.data import load_fashion_mnist, load_python_docs
 from keras_d2v2.evaluation import knn_accuracy
 from keras_d2v2.layers import sincos_positions_2d
 
@@ -60,3 +60,8 @@ def test_missing_asterisk_prompts_name_the_packages(tmp_path):
 def test_missing_dataset_names_the_folder_and_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"not found in {tmp_path}. Install them with `apt-get install dataset-fashion-mnist`"):
         load_fashion_mnist(tmp_path)
+
+
+def test_missing_python_docs_name_the_package(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"No \\*.rst.txt files under {tmp_path}. Install them with `apt-get install python3.11-doc`"):
+        load_python_docs(tmp_path)
