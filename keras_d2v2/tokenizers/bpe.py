@@ -89,7 +89,7 @@ class ByteLevelBPETokenizer:
 
     Example:
     >>> tokenizer = ByteLevelBPETokenizer.train(["some text", "more text"] * 50, vocab_size=300)
-    >>> ids = tokenizer.encode(["some text", "more"])   # int32 (2, 5): <s> ... </s> <pad>
+    >>> ids = tokenizer.encode(["some text", "more"])   # int32 (2, 4): <s> some Ġtext </s>, <s> more </s> <pad>
     >>> tokenizer.decode(ids)
     ['some text', 'more']
     >>> tokenizer.save("tokenizer"); tokenizer = ByteLevelBPETokenizer.load("tokenizer")
