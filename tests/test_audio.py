@@ -9,8 +9,14 @@ import pytest
 from keras import ops
 
 from conftest import assert_close
-from keras_d2v2 import ALiBiBias, AudioEncoder, BlockMasking1D, Data2Vec2
-from keras_d2v2.data.audio import read_wav, segment_clips
+from keras_d2v2 import ALiBiBias, AudioEncoder, BlockMasking1D, Data2Vec2, ShuffledBatches
+from keras_d2v2.data.audio import (
+    ASTERISK_SOUNDS_DIR,
+    ASTERISK_VOICES,
+    load_asterisk_prompts,
+    read_wav,
+    segment_clips,
+)
 from keras_d2v2.layers import ConvFeatureExtractor, alibi_slopes
 
 TINY_LAYERS = [(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2
@@ -209,3 +215,20 @@ def test_mixed_precision_with_padding_trains_with_float32_targets():
     assert keras.backend.standardize_dtype(model.teacher_targets(x["audio"], padding_mask=padding).dtype) == "float32"
     model.compile(optimizer="adam")
     assert np.isfinite(model.fit(x, batch_size=2, epochs=1, verbose=0).history["loss"][0])
+
+
+@pytest.mark.skipif(
+    not all((ASTERISK_SOUNDS_DIR / voice).is_dir() for voice in ASTERISK_VOICES),
+    reason="Asterisk prompts not installed (apt-get install asterisk-core-sounds-{en,es,fr,it,ru}-wav "
+    "asterisk-prompt-it-menardi-wav)",
+)
+def test_fit_on_real_speech_decreases_loss():
+    pytest.importorskip("scipy", reason="the `audio` extra is not installed (pip install 'keras-d2v2[audio]')")
+    data = load_asterisk_prompts(voices=["en_US_f_Allison"])
+    clips = [data["audio"][i] for i in np.random.default_rng(0).permutation(len(data["audio"]))[:40]]
+    audio, padding, _ = segment_clips(clips, num_samples=16000)
+    model = tiny()
+    model.compile(optimizer=keras.optimizers.AdamW(2e-3, beta_2=0.98, epsilon=1e-6, weight_decay=0.01))
+    data = ShuffledBatches({"audio": audio[:64], "padding_mask": padding[:64]}, batch_size=16, seed=0)
+    loss = model.fit(data, epochs=6, verbose=0).history["loss"]
+    assert np.mean(loss[-2:]) < 0.8 * loss[0], loss

@@ -61,11 +61,12 @@ def read_wav(path):
         return pcm.mean(axis=1).astype("float32") / 32768.0, f.getframerate()
 
 
-def load_asterisk_prompts(*, root=ASTERISK_SOUNDS_DIR, sample_rate=16000):
+def load_asterisk_prompts(*, root=ASTERISK_SOUNDS_DIR, voices=ASTERISK_VOICES, sample_rate=16000):
     """The Asterisk voice prompts: real recordings of 6 voices (5 speakers) in 5 languages.
 
-    Reads every `<voice>/**/*.wav` of `ASTERISK_VOICES` under `root` (8 kHz, 16-bit) and resamples
-    it to `sample_rate` with `scipy.signal.resample_poly`. Install the data with
+    Reads every `<voice>/**/*.wav` of `voices` (default all of `ASTERISK_VOICES`) under `root`
+    (8 kHz, 16-bit) and resamples it to `sample_rate` with `scipy.signal.resample_poly`. Install
+    the data with
     `apt-get install asterisk-core-sounds-{en,es,fr,it,ru}-wav asterisk-prompt-it-menardi-wav`
     (CC BY-SA 3.0; ~150 MB; nothing is downloaded here).
 
@@ -76,14 +77,18 @@ def load_asterisk_prompts(*, root=ASTERISK_SOUNDS_DIR, sample_rate=16000):
     from scipy.signal import resample_poly
 
     root = pathlib.Path(root)
-    missing = [voice for voice in ASTERISK_VOICES if not (root / voice).is_dir()]
+    unknown = sorted(set(voices) - set(ASTERISK_VOICES))
+    if unknown:
+        raise ValueError(f"Unknown Asterisk voice(s) {unknown}; available: {list(ASTERISK_VOICES)}.")
+    missing = [voice for voice in voices if not (root / voice).is_dir()]
     if missing:
         raise FileNotFoundError(
             f"Asterisk prompts not found under {root} (missing {missing}); install them with "
             "`apt-get install asterisk-core-sounds-{en,es,fr,it,ru}-wav asterisk-prompt-it-menardi-wav`."
         )
     data = {"audio": [], "voice": [], "language": [], "prompt": []}
-    for voice_index, voice in enumerate(ASTERISK_VOICES):
+    for voice in voices:
+        voice_index = ASTERISK_VOICES.index(voice)
         for path in sorted((root / voice).rglob("*.wav")):
             waveform, rate = read_wav(path)
             if rate != sample_rate:
