@@ -6,7 +6,8 @@ import pytest
 from keras import ops
 
 from conftest import assert_close
-from keras_d2v2 import Data2Vec2, RandomMasking, TextEncoder
+from keras_d2v2 import Data2Vec2, RandomMasking, ShuffledBatches, TextEncoder
+from keras_d2v2.data import PYTHON_DOCS_DIR, load_python_docs
 from keras_d2v2.evaluation import encoder_features
 
 
@@ -112,3 +113,22 @@ def test_bad_text_configurations():
         Data2Vec2.text(preset="huge")
     with pytest.raises(ValueError, match=r"`mask_prob`=0.99 leaves no visible token out of 16"):
         tiny(mask_prob=0.99)(tokens())
+
+
+@pytest.mark.skipif(
+    not (PYTHON_DOCS_DIR / "library").is_dir(),
+    reason="Python docs sources not installed (apt-get install python3.11-doc)",
+)
+def test_fit_on_real_text_decreases_loss():
+    pytest.importorskip("tokenizers", reason="the `text` extra is not installed (pip install 'keras-d2v2[text]')")
+    from keras_d2v2 import ByteLevelBPETokenizer
+
+    texts = load_python_docs()[0][:40]
+    tokenizer = ByteLevelBPETokenizer.train(texts, vocab_size=512, min_frequency=2, max_length=32)
+    blocks, _ = tokenizer.encode_chunks(texts, block_length=32)
+    model = tiny(vocab_size=tokenizer.vocabulary_size)
+    tokenizer.check_model(model)
+    model.compile(optimizer=keras.optimizers.AdamW(2e-3, beta_2=0.98, epsilon=1e-6, weight_decay=0.01))
+    data = ShuffledBatches(blocks[:64], batch_size=16, seed=0)
+    loss = model.fit(data, epochs=10, verbose=0).history["loss"]
+    assert np.mean(loss[-2:]) < 0.8 * loss[0], loss
