@@ -254,14 +254,19 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
             )
         self.check_inputs(audio, check_values=not training, padding_mask=padding_mask)
         x = ops.cast(audio, "float32")
-        real = ops.ones_like(x) if padding_mask is None else 1.0 - ops.cast(padding_mask, "float32")
+        real = None if padding_mask is None else 1.0 - ops.cast(padding_mask, "float32")
         if self.normalize_waveform:
             # F.layer_norm over each utterance's real samples: biased variance, eps 1e-5.
-            count = ops.sum(real, axis=1, keepdims=True)
-            mean = ops.sum(x * real, axis=1, keepdims=True) / count
-            variance = ops.sum(ops.square(x - mean) * real, axis=1, keepdims=True) / count
+            if real is None:
+                mean, variance = ops.moments(x, axes=[1], keepdims=True)
+            else:
+                count = ops.sum(real, axis=1, keepdims=True)
+                mean = ops.sum(x * real, axis=1, keepdims=True) / count
+                variance = ops.sum(ops.square(x - mean) * real, axis=1, keepdims=True) / count
             x = (x - mean) * ops.rsqrt(variance + 1e-5)
-        x = self.feature_extractor(ops.cast(x * real, self.compute_dtype))
+        if real is not None:
+            x = x * real
+        x = self.feature_extractor(ops.cast(x, self.compute_dtype))
         return self.feature_projection(self.feature_norm(x))
 
     def positional_encoding(self, x, mask=None, padding_mask=None):
