@@ -24,7 +24,8 @@ import os
 import time
 import zlib
 
-# JAX compiles the whole step with XLA: on 2 CPU cores it ran this model 4.7x faster than PyTorch.
+# JAX compiles the whole step with XLA: on 2 shared CPU cores one fit() step of this model took
+# 1.28 s on JAX and 5.97 s on PyTorch (batch 32, measured 2026-11-23 under load).
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import keras  # noqa: E402
