@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 
 import keras_d2v2  # noqa: E402
 from keras_d2v2.data import load_python_docs  # noqa: E402
-from keras_d2v2.evaluation import encoder_features, knn_accuracy  # noqa: E402
+from keras_d2v2.evaluation import encoder_features, knn_accuracy, linear_probe_accuracy  # noqa: E402
 
 PROBE_SECTIONS = ("library", "c-api", "whatsnew", "howto", "reference", "tutorial")
 
@@ -79,27 +79,12 @@ def probe_set(blocks, labels, per_class, rng):
     return blocks[np.sort(rows)], labels[np.sort(rows)]
 
 
-def linear_probe_accuracy(train_features, train_labels, test_features, test_labels, seed, epochs):
-    """Top-1 accuracy of a softmax regression (Keras, AdamW, weight decay 1e-4) on standardized frozen features."""
-    keras.utils.set_random_seed(seed)
-    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    probe = keras.Sequential([keras.Input((train_features.shape[1],)), keras.layers.Dense(num_classes)])
-    probe.compile(
-        optimizer=keras.optimizers.AdamW(1e-2, weight_decay=1e-4),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    mean, std = train_features.mean(0), train_features.std(0) + 1e-6
-    probe.fit((train_features - mean) / std, train_labels, batch_size=1024, epochs=epochs, verbose=0)
-    return probe.evaluate((test_features - mean) / std, test_labels, verbose=0, return_dict=True)["accuracy"]
-
-
 def probe_table(random_encoder, trained_encoder, train, test, seed, epochs):
     rows = []
     for name, encoder in (("random init", random_encoder), ("data2vec 2.0 pre-trained", trained_encoder)):
         train_features, test_features = encoder_features(encoder, train[0]), encoder_features(encoder, test[0])
         knn = knn_accuracy(train_features, train[1], test_features, test[1])
-        linear = linear_probe_accuracy(train_features, train[1], test_features, test[1], seed, epochs)
+        linear = linear_probe_accuracy(train_features, train[1], test_features, test[1], seed=seed, epochs=epochs)
         rows.append((name, knn, linear))
     width = max(len(name) for name, *_ in rows)
     print(
