@@ -48,7 +48,10 @@ _ENCODER_KEYS = ("image_size", "patch_size", "channels", "embed_dim", "depth", "
                  "mlp_ratio", "norm_eps", "layer_norm_first", "dropout", "attention_dropout",
                  "activation_dropout", "post_mlp_dropout", "prenet_dropout", "drop_path_rate")
 _MODEL_KEYS = ("mask_noise_std", "loss_scale", "cls_loss_weight", "ema_decay", "ema_end_decay",
-               "ema_anneal_end_step", "min_target_var", "min_pred_var", "collapse_check_after")
+               "ema_anneal_end_step", "min_target_var", "min_pred_var", "collapse_check_after",
+               # Masked token optimization (docs/mto.md); no preset sets these: off is the reference.
+               "student_mode", "mask_fill", "attention_recalibration", "singularity_loss_weight",
+               "entropy_loss_weight", "entropy_sign", "depth_weighting")
 _OTHER_KEYS = ("mask_prob", "block_length", "mask_prob_adjust", "clone_batch", "decoder_dim", "decoder_layers",
                "decoder_kernel", "decoder_groups", "decoder_residual", "decoder_input_dropout", "top_k",
                "instance_norm_target_layer", "layer_norm_target_layer", "layer_norm_targets",

@@ -110,43 +110,51 @@ class TransformerBlock(SavesRandomState, keras.layers.Layer):
         kept = ops.cast(keras.random.uniform(shape, seed=self.seed_generator) < keep, x.dtype)
         return x * kept / keep
 
-    def attention(self, x, attention_bias=None, training=None):
-        """Multi-head self-attention with an optional additive bias `(B|1, H, T, T)`."""
+    def attention(self, x, attention_bias=None, training=None, return_attention=False):
+        """Multi-head self-attention with an optional additive bias `(B|1, H, T, T)`. With
+        `return_attention`, returns `(output, probabilities)`, the float32 `(B, H, T, T)`
+        probabilities before attention dropout (an explicit softmax instead of the fused kernel)."""
         batch, length, dim = ops.shape(x)[0], ops.shape(x)[1], x.shape[-1]
         head_dim = dim // self.num_heads
         qkv = ops.reshape(self.qkv(x), (batch, length, 3, self.num_heads, head_dim))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        if training and self.attention_dropout > 0.0:
+        probs = None
+        if return_attention or (training and self.attention_dropout > 0.0):
             logits = ops.einsum("bqhd,bkhd->bhqk", q, k) * (head_dim**-0.5)
             logits = ops.cast(logits, "float32")
             if attention_bias is not None:
                 logits = logits + ops.cast(attention_bias, "float32")
-            probs = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
-            probs = self._dropout(probs, self.attention_dropout, training)
-            out = ops.einsum("bhqk,bkhd->bqhd", probs, v)
+            probs = ops.softmax(logits, axis=-1)
+            dropped = self._dropout(ops.cast(probs, v.dtype), self.attention_dropout, training)
+            out = ops.einsum("bhqk,bkhd->bqhd", dropped, v)
         else:
             bias = None if attention_bias is None else ops.cast(attention_bias, q.dtype)
             out = ops.dot_product_attention(q, k, v, bias=bias)
         out = self.attention_projection(ops.reshape(out, (batch, length, dim)))
-        return self._dropout(out, self.dropout, training)
+        out = self._dropout(out, self.dropout, training)
+        return (out, probs) if return_attention else out
 
     def mlp(self, x, training=None):
         x = ops.gelu(self.fc1(x), approximate=False)
         x = self._dropout(x, self.activation_dropout, training)
         return self._dropout(self.fc2(x), self.activation_dropout, training)
 
-    def call(self, x, attention_bias=None, training=None):
+    def call(self, x, attention_bias=None, training=None, return_attention=False):
+        """Returns `(output, ffn_output)`, and the attention probabilities third with `return_attention`."""
         if "float" not in keras.backend.standardize_dtype(x.dtype):
             raise ValueError(f"TransformerBlock expects floating-point inputs, got dtype {keras.backend.standardize_dtype(x.dtype)}.")
+        attention_input = self.norm1(x) if self.layer_norm_first else x
+        attended = self.attention(attention_input, attention_bias, training, return_attention=return_attention)
+        attended, probs = attended if return_attention else (attended, None)
         if self.layer_norm_first:
-            x = x + self._drop_path(self.attention(self.norm1(x), attention_bias, training), training)
+            x = x + self._drop_path(attended, training)
             ffn = self.mlp(self.norm2(x), training)
             out = x + self._drop_path(self._dropout(ffn, self.post_mlp_dropout, training), training)
-            return out, ffn
-        x = self.norm1(x + self._drop_path(self.attention(x, attention_bias, training), training))
-        ffn = self.mlp(x, training)
-        out = self.norm2(x + self._drop_path(self._dropout(ffn, self.post_mlp_dropout, training), training))
-        return out, ffn
+        else:
+            x = self.norm1(x + self._drop_path(attended, training))
+            ffn = self.mlp(x, training)
+            out = self.norm2(x + self._drop_path(self._dropout(ffn, self.post_mlp_dropout, training), training))
+        return (out, ffn, probs) if return_attention else (out, ffn)
 
     def compute_output_shape(self, input_shape):
         return input_shape, input_shape

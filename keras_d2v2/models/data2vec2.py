@@ -29,6 +29,48 @@ def masked_std(y, weights):
     return ops.mean(ops.sqrt(var + 1e-6))
 
 
+STUDENT_MODES = ("visible_only", "full_sequence")
+MASK_FILLS = ("noise", "token")
+DEPTH_WEIGHTINGS = ("shallow", "uniform", "deep")
+# Added to attention logits that recalibration forbids; finite, so float16 and bfloat16 stay NaN-free.
+RECALIBRATION_BIAS = -1e4
+
+
+def depth_weights(num_layers, weighting):
+    """MTO's per-layer weights `w_l`, l = 0 (first block) ... L-1: "shallow" (L - l) / L,
+    "uniform" 1, "deep" (l + 1) / L."""
+    layers = np.arange(num_layers, dtype="float32")
+    return {
+        "shallow": (num_layers - layers) / num_layers,
+        "uniform": np.ones(num_layers, "float32"),
+        "deep": (layers + 1) / num_layers,
+    }[weighting]
+
+
+def singularity_loss(queries, query_weights, keys, key_weights):
+    """MTO's data-singularity term per row, float32 `(N,)`: the mean of `relu(cos(q, k))**2` over
+    the queries `q` of `queries` `(N, Q, D)` and keys `k` of `keys` `(N, K, D)` whose weights
+    (`(N, Q)`, `(N, K)`, 1 = counts) are 1. The keys are constants (stop-gradient): the term moves
+    the masked tokens away from the real ones, not the real ones away from them."""
+    def unit(x):
+        x = ops.cast(x, "float32")
+        return x / ops.maximum(ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True)), 1e-6)
+
+    cos = ops.einsum("nqd,nkd->nqk", unit(queries), ops.stop_gradient(unit(keys)))
+    query_weights, key_weights = ops.cast(query_weights, "float32"), ops.cast(key_weights, "float32")
+    pairs = query_weights[:, :, None] * key_weights[:, None, :]
+    return ops.sum(ops.square(ops.relu(cos)) * pairs, axis=(1, 2)) / ops.maximum(ops.sum(pairs, axis=(1, 2)), 1.0)
+
+
+def masked_query_entropy(probs, query_weights):
+    """Attention entropy of the rows of `probs` `(N, H, Q, K)` whose `query_weights` `(N, Q)` are 1,
+    divided by log(K) and averaged over heads and those rows; float32 `(N,)`."""
+    probs = ops.cast(probs, "float32")
+    entropy = -ops.sum(probs * ops.log(ops.maximum(probs, 1e-12)), axis=-1) / math.log(probs.shape[-1])
+    weights = ops.cast(query_weights, "float32")[:, None, :]
+    return ops.sum(entropy * weights, axis=(1, 2)) / ops.maximum(ops.sum(weights, axis=(1, 2)) * probs.shape[1], 1.0)
+
+
 def _deserialize(obj):
     return keras.saving.deserialize_keras_object(obj) if isinstance(obj, dict) else obj
 
@@ -84,6 +126,28 @@ class Data2Vec2(SavesRandomState, keras.Model):
         decay_1d_weights: bool, let `compile()` keep weight decay on 1-D weights (see `compile`).
         seed: int or None, seed of the mask-noise generator.
 
+    Masked token optimization (MTO; docs/mto.md; all off by default, which is the reference):
+        student_mode: "visible_only" (the reference: the student encodes the visible tokens only)
+            or "full_sequence" (images only: every position enters the student, masked ones as the
+            fill plus their position, data2vec 1.0 / SimMIM style; the decoder takes the encoder's
+            output at every position).
+        mask_fill: "noise" (`N(0, mask_noise_std**2)` per slot), "token" (one learnable token,
+            `mask_token`, N(0, 0.02**2) at init) or None: "noise" for "visible_only", "token" for
+            "full_sequence". Fills the decoder input (visible_only) or the encoder input.
+        attention_recalibration: bool, full_sequence only: visible queries (and CLS) never attend
+            to masked keys.
+        singularity_loss_weight: float, weight of the data-singularity term (needs
+            `mask_fill="token"`): `mean relu(cos(mask_token, stop_gradient(x_k)))**2` over the real
+            tokens `x_k` beside it at the insertion point, plus in full_sequence the same term
+            between each block's masked and visible outputs, weighted by depth. Logged as
+            `singularity_loss`.
+        entropy_loss_weight: float, full_sequence only: weight of the attention entropy of the
+            masked query rows (normalized by log of the number of keys, averaged, depth-weighted
+            sum over blocks), logged as `entropy_loss`.
+        entropy_sign: +1 minimizes that entropy, -1 maximizes it.
+        depth_weighting: "shallow" (w_l = (L - l) / L), "uniform" or "deep" (w_l = (l + 1) / L),
+            over the student's L blocks (prenet included).
+
     Example:
     >>> model = Data2Vec2.image(preset="tiny_test")
     >>> model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.05))
@@ -108,6 +172,13 @@ class Data2Vec2(SavesRandomState, keras.Model):
         collapse_check_after=5000,
         decay_1d_weights=False,
         seed=None,
+        student_mode="visible_only",
+        mask_fill=None,
+        attention_recalibration=False,
+        singularity_loss_weight=0.0,
+        entropy_loss_weight=0.0,
+        entropy_sign=1.0,
+        depth_weighting="shallow",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -137,6 +208,8 @@ class Data2Vec2(SavesRandomState, keras.Model):
         self.num_tokens = self.encoder.num_tokens
         self.num_visible = None if self.num_tokens is None else self.masking.num_visible(self.num_tokens)
         self.embed_dim = self.encoder.embed_dim
+        self._init_mto(student_mode, mask_fill, attention_recalibration, singularity_loss_weight,
+                       entropy_loss_weight, entropy_sign, depth_weighting)
 
         self.teacher = self.encoder.__class__.from_config(self.encoder.teacher_config())
         # Layers deserialized from a `.keras` file arrive already built.
@@ -168,7 +241,49 @@ class Data2Vec2(SavesRandomState, keras.Model):
         self.target_var_tracker = LastValue(name="target_var")
         self.pred_var_tracker = LastValue(name="pred_var")
         self.ema_decay_tracker = LastValue(name="ema_decay")
+        self.singularity_tracker = keras.metrics.Mean(name="singularity_loss") if singularity_loss_weight else None
+        self.entropy_tracker = keras.metrics.Mean(name="entropy_loss") if entropy_loss_weight else None
         self.built = True
+
+    def _init_mto(self, student_mode, mask_fill, recalibration, singularity_weight, entropy_weight, entropy_sign,
+                  depth_weighting):
+        """Checks the MTO arguments and makes the mask token (only when used: MTO off is the reference)."""
+        def choice(name, value, options):
+            if value not in options:
+                raise ValueError(f"`{name}` must be one of {options}, got {value!r}.")
+
+        choice("student_mode", student_mode, STUDENT_MODES)
+        full = student_mode == "full_sequence"
+        mask_fill = mask_fill or ("token" if full else "noise")
+        choice("mask_fill", mask_fill, MASK_FILLS)
+        choice("depth_weighting", depth_weighting, DEPTH_WEIGHTINGS)
+        choice("entropy_sign", entropy_sign, (1.0, -1.0))
+        if full and not self.encoder.teacher_embeds_input:
+            raise ValueError(
+                '`student_mode="full_sequence"` is implemented for images only; text and audio students '
+                'encode the visible tokens (`student_mode="visible_only"`).'
+            )
+        for name, value in (("singularity_loss_weight", singularity_weight), ("entropy_loss_weight", entropy_weight)):
+            if not value >= 0.0:
+                raise ValueError(f"`{name}` must be >= 0, got {value}.")
+        if not full and (recalibration or entropy_weight):
+            raise ValueError(
+                '`attention_recalibration` and `entropy_loss_weight` need `student_mode="full_sequence"`: '
+                "a visible_only student never attends to a masked position."
+            )
+        if singularity_weight and mask_fill != "token":
+            raise ValueError('`singularity_loss_weight` needs `mask_fill="token"` (it constrains the learnable token).')
+        self.student_mode, self.mask_fill = student_mode, mask_fill
+        self.attention_recalibration = bool(recalibration)
+        self.singularity_loss_weight, self.entropy_loss_weight = float(singularity_weight), float(entropy_weight)
+        self.entropy_sign, self.depth_weighting = float(entropy_sign), depth_weighting
+        num_layers = len(getattr(self.encoder, "prenet_blocks", [])) + len(self.encoder.blocks)
+        self._depth_weights = depth_weights(num_layers, depth_weighting)
+        self.mask_token = None
+        if mask_fill == "token":
+            self.mask_token = self.add_weight(
+                shape=(self.embed_dim,), initializer=keras.initializers.RandomNormal(stddev=0.02), name="mask_token"
+            )
 
     @classmethod
     def image(cls, preset=None, **overrides):
@@ -226,6 +341,8 @@ class Data2Vec2(SavesRandomState, keras.Model):
             mask = self.masking(tokens)
         else:
             mask = ops.cast(self._per_sample(mask, "mask", (num_tokens,)), "float32")
+        if self.student_mode == "full_sequence":
+            return self._full_sequence_student(tokens, mask, mask_noise, training)
         ids_keep, ids_restore = mask_info(mask, num_visible)
         # Visible tokens of each clone straight from the un-repeated tokens: no (B * M, T, D) copy.
         sample = ops.arange(ops.shape(ids_keep)[0], dtype="int32") // self.masking.clone_batch
@@ -250,21 +367,84 @@ class Data2Vec2(SavesRandomState, keras.Model):
             x = keras.random.dropout(x, self.decoder.input_dropout, seed=self.seed_generator)
         x = x[:, self.encoder.num_extra_tokens :]
         num_masked = num_tokens - num_visible
-        if mask_noise is None:
-            mask_noise = keras.random.normal(
-                (ops.shape(x)[0], num_masked, self.embed_dim), stddev=self.mask_noise_std, seed=self.seed_generator
-            )
+        fill_shape = (ops.shape(x)[0], num_masked, self.embed_dim)
+        if self.mask_token is not None:
+            self._check_no_mask_noise(mask_noise)
+            fill = ops.broadcast_to(ops.cast(self.mask_token, x.dtype), fill_shape)
+        elif mask_noise is None:
+            fill = keras.random.normal(fill_shape, stddev=self.mask_noise_std, seed=self.seed_generator)
         else:
-            mask_noise = self._per_sample(mask_noise, "mask_noise", (num_masked, self.embed_dim))
-        x = ops.concatenate([x, ops.cast(mask_noise, x.dtype)], axis=1)
+            fill = self._per_sample(mask_noise, "mask_noise", (num_masked, self.embed_dim))
+        outputs = {}
+        if self.singularity_loss_weight:
+            real = ops.ones_like(x[..., 0]) if visible_padding is None else 1.0 - ops.cast(visible_padding, "float32")
+            outputs["singularity_loss"] = self._token_singularity(x, real)
+        x = ops.concatenate([x, ops.cast(fill, x.dtype)], axis=1)
         decoder_kwargs = {} if padding is None else {"padding_mask": clone_padding}
         prediction = self.decoder(gather_tokens(x, ids_restore), **decoder_kwargs)
-        outputs = {"prediction": prediction, "mask": mask}
+        outputs.update(prediction=prediction, mask=mask)
         if self.encoder.num_extra_tokens:
             outputs["cls"] = hidden[:, 0]
         if not self.encoder.teacher_embeds_input:
             # The teacher encodes these very embeddings (dropout draw included), as the reference does.
             outputs["local_features"] = tokens
+        return outputs
+
+    def _check_no_mask_noise(self, mask_noise):
+        if mask_noise is not None:
+            raise ValueError(
+                f'`mask_noise` is an input of the reference student only (student_mode="visible_only", '
+                f'mask_fill="noise"); this model has student_mode={self.student_mode!r}, mask_fill={self.mask_fill!r}.'
+            )
+
+    def _token_singularity(self, real_tokens, real_weights):
+        """The data-singularity term at the mask token's insertion point, per row `(N,)`."""
+        token = ops.reshape(ops.convert_to_tensor(self.mask_token), (1, 1, self.embed_dim))
+        token = ops.broadcast_to(token, (ops.shape(real_tokens)[0], 1, self.embed_dim))
+        return singularity_loss(token, ops.ones_like(token[..., 0]), real_tokens, real_weights)
+
+    def _full_sequence_student(self, tokens, mask, mask_noise, training):
+        """Every position through the student: masked ones as the fill plus their position; the
+        decoder reads the encoder's output at every position (no gather, no noise)."""
+        self._check_no_mask_noise(mask_noise)
+        real = ops.repeat(tokens, self.masking.clone_batch, axis=0)
+        masked = ops.cast(mask, real.dtype)[..., None]
+        if self.mask_token is not None:
+            fill = ops.cast(self.mask_token, real.dtype)
+        else:
+            fill = ops.cast(keras.random.normal(ops.shape(real), stddev=self.mask_noise_std, seed=self.seed_generator), real.dtype)
+        positions = ops.cast(self.encoder.patch_embedding.positions, real.dtype)
+        x = real * (1.0 - masked) + (fill + positions) * masked
+        # Token 0 is CLS, a visible token.
+        masked_with_cls = ops.pad(ops.cast(mask, "float32"), [[0, 0], [1, 0]])
+        bias = None
+        if self.attention_recalibration:
+            forbidden = (1.0 - masked_with_cls)[:, :, None] * masked_with_cls[:, None, :]
+            bias = (forbidden * RECALIBRATION_BIAS)[:, None]
+        wants_layers = bool(self.singularity_loss_weight or self.entropy_loss_weight)
+        hidden, _, *layers = self.encoder.encode(x, training=training, attention_bias=bias, return_layers=wants_layers)
+        layers = layers[0] if layers else []
+
+        decoder_input = hidden
+        if training and self.decoder.input_dropout > 0.0:
+            decoder_input = keras.random.dropout(decoder_input, self.decoder.input_dropout, seed=self.seed_generator)
+        outputs = {
+            "prediction": self.decoder(decoder_input[:, self.encoder.num_extra_tokens :]),
+            "mask": mask,
+            "cls": hidden[:, 0],
+        }
+        mask = ops.cast(mask, "float32")
+        if self.singularity_loss_weight:
+            term = self._token_singularity(real, 1.0 - mask)
+            for weight, (states, _) in zip(self._depth_weights, layers):
+                states = states[:, self.encoder.num_extra_tokens :]
+                term = term + float(weight) * singularity_loss(states, mask, states, 1.0 - mask)
+            outputs["singularity_loss"] = term
+        if self.entropy_loss_weight:
+            outputs["entropy_loss"] = sum(
+                float(weight) * masked_query_entropy(probs, masked_with_cls)
+                for weight, (_, probs) in zip(self._depth_weights, layers)
+            )
         return outputs
 
     # ----------------------------------------------------------------------------------- teacher
@@ -352,6 +532,14 @@ class Data2Vec2(SavesRandomState, keras.Model):
             targets, y_pred, self.encoder.padding_mask(source, **self._padding_kwargs(input_padding))
         )
         loss = regression + cls
+        if self.singularity_tracker is not None:
+            singularity = ops.mean(y_pred["singularity_loss"])
+            loss = loss + self.singularity_loss_weight * singularity
+            self.singularity_tracker.update_state(singularity)
+        if self.entropy_tracker is not None:
+            entropy = ops.mean(y_pred["entropy_loss"])
+            loss = loss + self.entropy_loss_weight * self.entropy_sign * entropy
+            self.entropy_tracker.update_state(entropy)
         if self.losses:
             loss = loss + ops.sum(self.losses)
         if training:
@@ -435,5 +623,12 @@ class Data2Vec2(SavesRandomState, keras.Model):
             collapse_check_after=self.collapse_check_after,
             decay_1d_weights=self.decay_1d_weights,
             seed=self.seed,
+            student_mode=self.student_mode,
+            mask_fill=self.mask_fill,
+            attention_recalibration=self.attention_recalibration,
+            singularity_loss_weight=self.singularity_loss_weight,
+            entropy_loss_weight=self.entropy_loss_weight,
+            entropy_sign=self.entropy_sign,
+            depth_weighting=self.depth_weighting,
         )
         return config

@@ -160,8 +160,12 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
         self.check_inputs(images)
         return self.patch_embedding(images)
 
-    def encode(self, tokens, padding_mask=None, training=None):
-        """CLS + context encoder + main blocks on `tokens`; returns `(hidden, ffn_outputs)`."""
+    def encode(self, tokens, padding_mask=None, training=None, attention_bias=None, return_layers=False):
+        """CLS + context encoder + main blocks on `tokens`; returns `(hidden, ffn_outputs)`.
+
+        `attention_bias` `(B|1, 1|H, T+1, T+1)` is added to every block's attention logits (CLS
+        first). With `return_layers`, also returns each block's (prenet and main, in order)
+        `(output, attention_probabilities)`, the latter float32 `(B, H, T+1, T+1)`."""
         if padding_mask is not None:
             raise ValueError("ImageEncoder takes no padding mask: every patch is real.")
         cls = ops.broadcast_to(ops.cast(self.cls_token, tokens.dtype), (ops.shape(tokens)[0], 1, self.embed_dim))
@@ -170,15 +174,16 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
             x = self.context_norm(x)
         if training and self.prenet_dropout > 0.0:
             x = keras.random.dropout(x, self.prenet_dropout, seed=self.seed_generator)
-        for block in self.prenet_blocks:
-            x, _ = block(x, training=training)
-        ffn_outputs = []
-        for block in self.blocks:
-            x, ffn = block(x, training=training)
-            ffn_outputs.append(ffn[:, self.num_extra_tokens :])
+        ffn_outputs, layers = [], []
+        for i, block in enumerate(self.prenet_blocks + self.blocks):
+            x, ffn, *probs = block(x, attention_bias=attention_bias, training=training, return_attention=return_layers)
+            if i >= len(self.prenet_blocks):
+                ffn_outputs.append(ffn[:, self.num_extra_tokens :])
+            if return_layers:
+                layers.append((x, probs[0]))
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return x, ffn_outputs
+        return (x, ffn_outputs, layers) if return_layers else (x, ffn_outputs)
 
     def call(self, images, training=None):
         hidden, _ = self.encode(self.embed(images), training=training)
