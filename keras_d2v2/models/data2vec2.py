@@ -282,7 +282,9 @@ class Data2Vec2(SavesRandomState, keras.Model):
         self.mask_token = None
         if mask_fill == "token":
             self.mask_token = self.add_weight(
-                shape=(self.embed_dim,), initializer=keras.initializers.RandomNormal(stddev=0.02), name="mask_token"
+                shape=(self.embed_dim,),
+                initializer=keras.initializers.RandomNormal(stddev=0.02, seed=None if self.seed is None else self.seed + 3),
+                name="mask_token",
             )
 
     @classmethod
