@@ -5,6 +5,6 @@ cd "$(dirname "$0")/.."
 status=0
 for backend in tensorflow jax torch; do
   echo "=== KERAS_BACKEND=$backend ==="
-  KERAS_BACKEND=$backend TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests || status=1
+  KERAS_BACKEND=$backend TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "$@" tests || status=1
 done
 exit $status
