@@ -65,6 +65,7 @@ import numpy as np  # noqa: E402
 import keras_d2v2  # noqa: E402
 from keras_d2v2.data import load_fashion_mnist, standardize_images  # noqa: E402
 from keras_d2v2.evaluation import encoder_features, knn_accuracy, linear_probe_accuracy  # noqa: E402
+from keras_d2v2.optimizers import warmup_cosine  # noqa: E402
 
 PRESET = "tiny"
 VARIANTS = {
@@ -193,9 +194,8 @@ def pretrain_and_probe(name, kwargs, seed, x_train, bank, test, args):
     data = keras_d2v2.ShuffledBatches(x_train, batch_size=args.batch_size, seed=seed)
     steps_per_epoch = len(data)
     steps = args.epochs * steps_per_epoch
-    warmup = min(int(args.warmup_epochs * steps_per_epoch), steps // 2)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, max(steps - warmup, 1), alpha=0.0, warmup_target=args.learning_rate, warmup_steps=warmup
+    schedule = warmup_cosine(
+        args.learning_rate, total_steps=steps, warmup_epochs=args.warmup_epochs, steps_per_epoch=steps_per_epoch
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, beta_1=0.9, beta_2=0.95, weight_decay=0.05, global_clipnorm=4.0)

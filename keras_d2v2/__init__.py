@@ -1,6 +1,6 @@
 """keras_d2v2: data2vec 2.0 self-supervised pre-training for Keras 3 (TensorFlow, JAX, PyTorch)."""
 
-from keras_d2v2 import callbacks, data, layers, presets
+from keras_d2v2 import callbacks, data, layers, optimizers, presets
 from keras_d2v2.callbacks import EMATeacher, RepresentationCollapse, TrainingDiverged, TrainingGuard
 from keras_d2v2.layers import (
     ALiBiBias,
@@ -16,7 +16,8 @@ from keras_d2v2.layers import (
     TransformerBlock,
 )
 from keras_d2v2.data import ShuffledBatches
-from keras_d2v2.models import AudioEncoder, Data2Vec2, ImageEncoder, TextEncoder
+from keras_d2v2.models import AudioEncoder, Data2Vec2, ImageClassifier, ImageEncoder, TextEncoder
+from keras_d2v2.optimizers import LayerDecayAdamW
 from keras_d2v2.tokenizers import ByteLevelBPETokenizer
 
 __version__ = "0.1.0"

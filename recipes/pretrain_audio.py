@@ -35,6 +35,7 @@ from keras import ops  # noqa: E402
 import keras_d2v2  # noqa: E402
 from keras_d2v2.data.audio import ASTERISK_VOICES, load_asterisk_prompts, segment_clips  # noqa: E402
 from keras_d2v2.evaluation import knn_accuracy  # noqa: E402
+from keras_d2v2.optimizers import warmup_cosine  # noqa: E402
 
 
 def parse_args():
@@ -113,9 +114,8 @@ def main():
         {"audio": audio, "padding_mask": padding_mask}, batch_size=args.batch_size, seed=args.seed
     )
     steps = args.epochs * len(batches)
-    warmup = min(int(args.warmup_epochs * len(batches)), steps // 2)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, max(steps - warmup, 1), alpha=0.0, warmup_target=args.learning_rate, warmup_steps=warmup
+    schedule = warmup_cosine(
+        args.learning_rate, total_steps=steps, warmup_epochs=args.warmup_epochs, steps_per_epoch=len(batches)
     )
     # The reference's base audio optimizer: Adam, betas (0.9, 0.98), eps 1e-6, decoupled weight
     # decay 0.01 on every weight, no clipping.

@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 import keras_d2v2  # noqa: E402
 from keras_d2v2.data import load_python_docs  # noqa: E402
 from keras_d2v2.evaluation import encoder_features, knn_accuracy, linear_probe_accuracy  # noqa: E402
+from keras_d2v2.optimizers import warmup_cosine  # noqa: E402
 
 PROBE_SECTIONS = ("library", "c-api", "whatsnew", "howto", "reference", "tutorial")
 
@@ -132,9 +133,8 @@ def main():
     data = keras_d2v2.ShuffledBatches(train_blocks, batch_size=args.batch_size, seed=args.seed)
     steps_per_epoch = len(data)  # the last, partial batch included
     steps = args.epochs * steps_per_epoch
-    warmup = min(int(args.warmup_epochs * steps_per_epoch), steps // 2)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, max(steps - warmup, 1), alpha=0.0, warmup_target=args.learning_rate, warmup_steps=warmup
+    schedule = warmup_cosine(
+        args.learning_rate, total_steps=steps, warmup_epochs=args.warmup_epochs, steps_per_epoch=steps_per_epoch
     )
     # The reference's text optimizer: Adam (0.9, 0.98), eps 1e-6, weight decay 0.01, clip 1.
     model.compile(

@@ -308,6 +308,20 @@ class Data2Vec2(SavesRandomState, keras.Model):
 
         return audio_model(preset, **overrides)
 
+    @classmethod
+    def from_preset(cls, preset, **overrides):
+        """A model from a built-in preset name such as `"image_base"` or `"text_tiny"`
+        (`keras_d2v2.presets.preset_names()`), or from a directory written by `save_to_preset`."""
+        from keras_d2v2.presets import from_preset
+
+        return from_preset(preset, **overrides)
+
+    def save_to_preset(self, directory):
+        """Writes this model, weights included, to `directory`; `Data2Vec2.from_preset(directory)` restores it."""
+        from keras_d2v2.presets import save_to_preset
+
+        save_to_preset(self, directory)
+
     # ----------------------------------------------------------------------------------- student
     def _unpack(self, inputs):
         """`(source, mask, mask_noise, padding_mask)` from an input array or dict."""
@@ -485,6 +499,29 @@ class Data2Vec2(SavesRandomState, keras.Model):
         calls this when `fit()` ends). Inside the compiled step each update is applied just before
         the next forward, which is when the reference's teacher is first used."""
         self._update_teacher()
+
+    def export_encoder(self, **overrides):
+        """A copy of the student encoder with its current weights: what users fine-tune or probe.
+
+        `overrides` change the copy's configuration (e.g. `drop_path_rate=0.1`, `dropout`), not its
+        weights. The copy shares nothing with this model; save it with
+        `keras.saving.save_model(encoder, "encoder.keras")`.
+
+        Example:
+        >>> encoder = model.export_encoder(drop_path_rate=0.1)
+        >>> features = encoder(images)  # (B, 1 + T, D), CLS first
+        """
+        config = self.encoder.get_config()
+        unknown = sorted(set(overrides) - set(config))
+        if unknown:
+            raise ValueError(
+                f"Unknown argument(s) {unknown} for {type(self.encoder).__name__}; it takes {sorted(config)}."
+            )
+        encoder = type(self.encoder).from_config({**config, **overrides, "name": "encoder"})
+        encoder.build()
+        # A host copy: on JAX two variables must never share a donated buffer.
+        encoder.set_weights([ops.convert_to_numpy(w) for w in self.encoder.weights])
+        return encoder
 
     def teacher_targets(self, source, local_features=None, padding_mask=None):
         """Contextualized targets `(B, T, D)` in float32 from the teacher on the unmasked input.
