@@ -1,4 +1,10 @@
-"""Named image, text and audio configurations: the reference's published ones, and tiny ones for tests and CPUs."""
+"""Named image, text and audio configurations: the reference's published ones, and tiny ones for tests and CPUs;
+preset directories (a saved model's config and weights) in the keras-hub manner."""
+
+import json
+import os
+
+import keras
 
 from keras_d2v2.layers.block_masking_1d import BlockMasking1D
 from keras_d2v2.layers.contextualized_targets import ContextualizedTargets
@@ -124,6 +130,11 @@ TEXT_PRESETS = {
     # examples/data2vec/config/v2/base_text_only_task.yaml (RoBERTa's GPT-2 BPE vocabulary + <mask>)
     "base": dict(_TEXT_COMMON, embed_dim=768, depth=12, num_heads=12, top_k=12,
                  decoder_dim=768, decoder_kernel=9, decoder_layers=5),
+    # large_text_only_task.yaml: per-layer LayerNorm then a final instance norm of the averaged
+    # targets; settings the spec does not list (the decoder among them) are base's.
+    "large": dict(_TEXT_COMMON, embed_dim=1024, depth=24, num_heads=16, top_k=24, mask_prob=0.5,
+                  instance_norm_target_layer=False, layer_norm_target_layer=True, instance_norm_targets=True,
+                  decoder_dim=768, decoder_kernel=9, decoder_layers=5),
     # A tiny text model for a CPU (recipes/pretrain_text.py): 8k BPE ids, blocks of 128 tokens.
     "tiny": dict(_TEXT_COMMON, vocab_size=8192, max_positions=128, embed_dim=128, depth=4, num_heads=4, top_k=4,
                  clone_batch=2, decoder_dim=128, decoder_kernel=5, decoder_layers=2,
@@ -231,3 +242,69 @@ def audio_model(preset=None, **overrides):
         seed=offset(2),
         dtype=dtype,
     )
+
+
+_BUILDERS = {"image": (IMAGE_PRESETS, image_model), "text": (TEXT_PRESETS, text_model), "audio": (AUDIO_PRESETS, audio_model)}
+PRESET_CONFIG_FILE = "config.json"
+PRESET_WEIGHTS_FILE = "model.weights.h5"
+PRESET_METADATA_FILE = "metadata.json"
+
+
+def preset_names():
+    """Every built-in preset, as `"<modality>_<name>"` (e.g. `"image_base"`, `"text_large"`)."""
+    return sorted(f"{modality}_{name}" for modality, (table, _) in _BUILDERS.items() for name in table)
+
+
+def from_preset(preset, **overrides):
+    """A `Data2Vec2` from a built-in preset name (`preset_names()`) or a directory written by `save_to_preset`.
+
+    A built-in name builds a freshly initialized model (keyword `overrides` change its settings, as
+    for `Data2Vec2.image(...)`); a directory restores the saved model, weights included, as it was.
+    Nothing is downloaded.
+
+    Example:
+    >>> model = from_preset("image_tiny", seed=0)
+    >>> save_to_preset(model, "my_preset")
+    >>> same = from_preset("my_preset")
+    """
+    preset = os.fspath(preset)
+    if os.path.isdir(preset):
+        if overrides:
+            raise ValueError(
+                f"A preset directory restores a saved model as it was; settings {sorted(overrides)} cannot be changed."
+            )
+        config_path = os.path.join(preset, PRESET_CONFIG_FILE)
+        weights_path = os.path.join(preset, PRESET_WEIGHTS_FILE)
+        for path in (config_path, weights_path):
+            if not os.path.isfile(path):
+                raise ValueError(f"Preset directory {preset!r} has no {os.path.basename(path)}; write it with `save_to_preset`.")
+        with open(config_path) as f:
+            model = keras.saving.deserialize_keras_object(json.load(f))
+        model.load_weights(weights_path)
+        return model
+    modality, _, name = preset.partition("_")
+    if modality in _BUILDERS and name in _BUILDERS[modality][0]:
+        return _BUILDERS[modality][1](name, **overrides)
+    raise ValueError(
+        f"Unknown preset {preset!r}: no such directory, and not a built-in preset; built-in presets: {preset_names()}."
+    )
+
+
+def save_to_preset(model, directory):
+    """Writes `model` (a `Data2Vec2`) to `directory` as a preset: `config.json` (its Keras config),
+    `model.weights.h5` (every weight: student, decoder, teacher, EMA step counters) and
+    `metadata.json` (package version, modality, parameter count); `from_preset(directory)` restores it."""
+    from keras_d2v2 import __version__
+
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, PRESET_CONFIG_FILE), "w") as f:
+        json.dump(keras.saving.serialize_keras_object(model), f, indent=2)
+    model.save_weights(os.path.join(directory, PRESET_WEIGHTS_FILE))
+    metadata = {
+        "keras_d2v2_version": __version__,
+        "keras_version": keras.__version__,
+        "modality": model.encoder.input_name,
+        "encoder_parameters": int(model.encoder.count_params()),
+    }
+    with open(os.path.join(directory, PRESET_METADATA_FILE), "w") as f:
+        json.dump(metadata, f, indent=2)

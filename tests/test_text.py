@@ -109,7 +109,7 @@ def test_fit_checks_token_ids_before_training():
 def test_bad_text_configurations():
     with pytest.raises(ValueError, match=r"`pad_id` must be a token id in \[0, 10\), got 10"):
         TextEncoder(vocab_size=10, pad_id=10)
-    with pytest.raises(ValueError, match="Unknown text preset 'huge'; available: \\['base', 'tiny', 'tiny_test'\\]"):
+    with pytest.raises(ValueError, match="Unknown text preset 'huge'; available: \\['base', 'large', 'tiny', 'tiny_test'\\]"):
         Data2Vec2.text(preset="huge")
     with pytest.raises(ValueError, match=r"`mask_prob`=0.99 leaves no visible token out of 16"):
         tiny(mask_prob=0.99)(tokens())

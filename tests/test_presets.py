@@ -1,0 +1,81 @@
+"""Presets: every published configuration by name, and preset directories that restore a model exactly."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_d2v2
+from keras_d2v2 import Data2Vec2
+from keras_d2v2.presets import from_preset, preset_names, save_to_preset
+
+PUBLISHED = {"image_base", "image_large", "image_huge", "audio_base", "audio_large", "text_base", "text_large"}
+
+
+def inputs(n=2):
+    masking = keras_d2v2.InverseBlockMasking(mask_prob=0.8, clone_batch=4, seed=3)
+    mask = ops.convert_to_numpy(masking(np.zeros((n, 64, 1), "float32"))).reshape(n, 4, 64)
+    return {"images": np.random.default_rng(0).normal(size=(n, 32, 32, 3)).astype("float32"), "mask": mask}
+
+
+def test_every_published_configuration_has_a_name():
+    names = set(preset_names())
+    assert PUBLISHED <= names
+    assert {"image_tiny", "text_tiny", "audio_tiny"} <= names
+
+
+def test_text_large_normalizes_targets_as_the_reference():
+    # large_text_only_task: LayerNorm per layer, instance norm of the average (base: instance norm per layer).
+    large, base = keras_d2v2.presets.TEXT_PRESETS["large"], keras_d2v2.presets.TEXT_PRESETS["base"]
+    assert (large["layer_norm_target_layer"], large["instance_norm_target_layer"], large["instance_norm_targets"]) == (
+        True, False, True)
+    assert (large["embed_dim"], large["depth"], large["num_heads"], large["top_k"]) == (1024, 24, 16, 24)
+    assert base["instance_norm_target_layer"] and not base.get("layer_norm_target_layer", False)
+
+
+def test_a_builtin_name_builds_the_same_model_as_the_modality_builder():
+    keras.utils.set_random_seed(0)
+    by_name = from_preset("image_tiny_test", seed=0, cls_loss_weight=0.5)
+    keras.utils.set_random_seed(0)
+    direct = Data2Vec2.image("tiny_test", seed=0, cls_loss_weight=0.5)
+    assert {**by_name.get_config(), "name": None} == {**direct.get_config(), "name": None}
+    for a, b in zip(by_name.weights, direct.weights):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+    assert Data2Vec2.from_preset("text_tiny_test").encoder.input_name == "tokens"
+
+
+def test_preset_directory_restores_a_trained_model_exactly(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = Data2Vec2.image("tiny_test", seed=0)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    model.fit(inputs(), batch_size=2, epochs=2, verbose=0)  # teacher and student now differ
+    model.save_to_preset(tmp_path / "preset")
+
+    restored = Data2Vec2.from_preset(tmp_path / "preset")
+    as_json = lambda m: json.loads(json.dumps(m.get_config()))  # noqa: E731  (tuples become lists)
+    assert as_json(restored) == as_json(model)
+    assert len(restored.weights) == len(model.weights)
+    for a, b in zip(restored.weights, model.weights):
+        assert a.path.split("/", 1)[1] == b.path.split("/", 1)[1]
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+    x = inputs()
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(restored(x)["prediction"]), ops.convert_to_numpy(model(x)["prediction"]), rtol=1e-6, atol=1e-6
+    )
+    metadata = json.loads((tmp_path / "preset" / "metadata.json").read_text())
+    assert metadata["modality"] == "images"
+    assert metadata["encoder_parameters"] == model.encoder.count_params()
+    assert metadata["keras_d2v2_version"] == keras_d2v2.__version__
+
+
+def test_bad_presets_say_what_exists(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown preset 'image_giant'.*built-in presets: \[.*'image_base'"):
+        from_preset("image_giant")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="has no config.json; write it with `save_to_preset`"):
+        from_preset(tmp_path / "empty")
+    save_to_preset(Data2Vec2.image("tiny_test", seed=0), tmp_path / "p")
+    with pytest.raises(ValueError, match=r"settings \['seed'\] cannot be changed"):
+        from_preset(tmp_path / "p", seed=1)
