@@ -301,6 +301,8 @@ def plot_training_curves(history, *, metrics=None, path=None, columns=3, yscale=
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("epoch", fontsize=9)
         ax.set_yscale(yscale)
+        if yscale == "linear":
+            ax.ticklabel_format(axis="y", useOffset=False)  # e.g. ema_decay 0.99904 as is, not 1e-5 + 0.999
         ax.tick_params(labelsize=8)
         ax.grid(True, alpha=0.3)
     _save(figure, path, dpi)

@@ -168,6 +168,10 @@ def test_training_curves_from_per_epoch_dicts(tmp_path):
     np.testing.assert_array_equal(var, [0.5, 0.4, 0.45])
     assert figure.axes[0].get_yscale() == "log"
     assert path.read_bytes()[:4] == b"\x89PNG"
+    # Values close together (an EMA decay) are labelled as they are, without an offset.
+    figure = plot_training_curves({"ema_decay": [0.99904, 0.99907, 0.99910]})
+    figure.canvas.draw()
+    assert figure.axes[0].yaxis.get_major_formatter().get_offset() == ""
     # A History's epoch numbers are kept (e.g. a run resumed at epoch 3), counted from 1.
     history = keras.callbacks.History()
     history.history, history.epoch = {"loss": [2.0, 1.0]}, [2, 3]
