@@ -2,7 +2,7 @@
 # Both set themselves up first (Debian's Fashion-MNIST package, .venv with every backend).
 BACKEND ?= torch
 
-.PHONY: setup test pretrain pretrain-text
+.PHONY: setup test pretrain pretrain-text docs
 
 setup: .venv/.setup-done
 
@@ -21,3 +21,8 @@ pretrain: setup
 # Text: BPE + a tiny text model on the Python docs, then a section probe (recipes/pretrain_text.py).
 pretrain-text: setup
 	KERAS_BACKEND=$(BACKEND) .venv/bin/python recipes/pretrain_text.py
+
+# The docs site (mkdocs.yml, docs/): guides and the API reference from the docstrings, into site/.
+# --strict turns every warning (a broken link, a docstring mkdocstrings cannot parse) into an error.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -d site
