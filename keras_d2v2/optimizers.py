@@ -32,9 +32,10 @@ class LayerDecayAdamW(keras.optimizers.AdamW):
     reference way. A key that matches no weight being optimized raises an error when the
     optimizer is built, so a misspelt path cannot silently fine-tune at full rate.
 
+    Every argument but `lr_multipliers` is `keras.optimizers.AdamW`'s.
+
     Args:
         lr_multipliers: dict `{variable.path: float}`, each > 0.
-        Every other argument is `keras.optimizers.AdamW`'s.
 
     Example:
     >>> classifier = ImageClassifier.from_pretrained(model, num_classes=10, drop_path_rate=0.1)
