@@ -1,8 +1,10 @@
 """Callbacks for data2vec 2.0 pre-training."""
 
 import math
+import numbers
 
 import keras
+import numpy as np
 
 
 class TrainingDiverged(RuntimeError):
@@ -122,3 +124,138 @@ class TrainingGuard(keras.callbacks.Callback):
                     "Lower the learning rate or raise the EMA decay; the reference reports audio runs "
                     "recovering with a lower learning rate (fairseq issue #4177)."
                 )
+
+
+class KNNMonitor(keras.callbacks.Callback):
+    """Logs the k-NN accuracy of the student encoder's features on held-out labelled data during `fit()`.
+
+    Every `every_n_epochs` epochs (after epochs `every_n_epochs`, `2 * every_n_epochs`, ...), the
+    model's student encoder (`model.encoder`) embeds `bank` and `test` with
+    `keras_d2v2.evaluation.encoder_features` (mean of the final tokens, CLS and padding left out,
+    L2-normalized), and the test images are classified by a similarity-weighted vote of their
+    `k` nearest bank images (`keras_d2v2.evaluation.knn_accuracy`: cosine similarity, weights
+    exp(s / `temperature`), DINO's protocol). The accuracy goes into the epoch's logs under
+    `name`, so the progress bar, `History` and callbacks placed after this one (e.g.
+    `keras.callbacks.CSVLogger`, `EarlyStopping(monitor=name, mode="max")`) see it. On the other
+    epochs the key is absent, or `fill_value` when one is given (`CSVLogger` takes its columns
+    from the first epoch, so with `every_n_epochs > 1` pass `fill_value=float("nan")` to get one).
+    `evaluate_at_start=True` also measures the encoder before the first epoch that runs (at random
+    init for a new model), printed and kept in `results[initial_epoch]` (no epoch logs exist
+    then). `results` maps the number of finished epochs to the accuracy measured then.
+
+    Costs one forward pass of the encoder over `bank` and `test` per evaluation, outside the
+    compiled training step; labels are integers `0 ... num_classes - 1`.
+
+    Args:
+        bank: `(x, y)`, the labelled reference set (e.g. a subset of the training images).
+        test: `(x, y)`, the held-out set to classify; `x` with the same per-sample shape as `bank`'s.
+        k: neighbours per vote, `1 <= k <= len(bank)`.
+        every_n_epochs: evaluation period, in epochs.
+        batch_size: samples per encoder call.
+        name: the log key, e.g. `"val_knn_accuracy"`.
+        evaluate_at_start: whether to measure also before the first epoch.
+        temperature: of the vote weights.
+        fill_value: logged on epochs without evaluation, or None to log nothing then.
+
+    Example:
+    >>> monitor = KNNMonitor(bank=(x_train[:5000], y_train[:5000]), test=(x_test, y_test), k=20,
+    ...                      every_n_epochs=5, name="val_knn_accuracy", evaluate_at_start=True)
+    >>> history = model.fit(images, epochs=50, callbacks=[monitor, keras.callbacks.CSVLogger("log.csv")])
+    >>> history.history["val_knn_accuracy"]      # one value per 5 epochs
+    """
+
+    def __init__(
+        self,
+        *,
+        bank,
+        test,
+        k=20,
+        every_n_epochs=1,
+        batch_size=512,
+        name="knn_accuracy",
+        evaluate_at_start=False,
+        temperature=0.07,
+        fill_value=None,
+    ):
+        super().__init__()
+        self.bank = self._labelled_set(bank, "bank")
+        self.test = self._labelled_set(test, "test")
+        if tuple(self.bank[0].shape[1:]) != tuple(self.test[0].shape[1:]):
+            raise ValueError(
+                f"`bank` and `test` samples must have the same shape, got {tuple(self.bank[0].shape[1:])} "
+                f"and {tuple(self.test[0].shape[1:])}."
+            )
+        for arg, value in (("k", k), ("every_n_epochs", every_n_epochs), ("batch_size", batch_size)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{arg}` must be an integer >= 1, got {value!r}.")
+        if k > len(self.bank[0]):
+            raise ValueError(f"`k` must be at most the bank size ({len(self.bank[0])} samples), got {k}.")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"`name` must be a non-empty string, got {name!r}.")
+        if not temperature > 0:
+            raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
+        self.k = int(k)
+        self.every_n_epochs = int(every_n_epochs)
+        self.batch_size = int(batch_size)
+        self.name = name
+        self.evaluate_at_start = bool(evaluate_at_start)
+        self.temperature = float(temperature)
+        self.fill_value = fill_value
+        self.results = {}
+
+    @staticmethod
+    def _labelled_set(data, arg):
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            raise ValueError(
+                f"`{arg}` must be a pair `(x, y)` of samples and integer labels, got {type(data).__name__}."
+            )
+        x, y = data
+        if not hasattr(x, "shape") or len(x.shape) < 2:
+            raise ValueError(
+                f"`{arg}` samples must be an array (N, ...) with a batch dimension, got "
+                f"{getattr(x, 'shape', type(x).__name__)}."
+            )
+        y = np.asarray(y)
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"`{arg}` labels must be a 1-D integer array, got shape {y.shape} and dtype {y.dtype}.")
+        if len(x) != len(y):
+            raise ValueError(f"`{arg}` has {len(x)} samples but {len(y)} labels.")
+        if len(y) == 0:
+            raise ValueError(f"`{arg}` has no samples.")
+        if y.min() < 0:
+            raise ValueError(f"`{arg}` labels must be >= 0 (class indices), got {y.min()}.")
+        return x, y
+
+    def evaluate(self):
+        """The k-NN accuracy of the model's current student encoder (a float in [0, 1])."""
+        from keras_d2v2.evaluation import encoder_features, knn_accuracy
+
+        encoder = self.model.encoder
+        bank = encoder_features(encoder, self.bank[0], batch_size=self.batch_size)
+        test = encoder_features(encoder, self.test[0], batch_size=self.batch_size)
+        return knn_accuracy(bank, self.bank[1], test, self.test[1], k=self.k, temperature=self.temperature)
+
+    def on_train_begin(self, logs=None):
+        if not hasattr(self.model, "encoder"):
+            raise TypeError(
+                f"KNNMonitor needs a model with an `encoder` (a `Data2Vec2`), got {type(self.model).__name__}."
+            )
+        self._started = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # The first epoch to run is known only here (`initial_epoch`, or where BackupAndRestore resumes).
+        if self.evaluate_at_start and not self._started:
+            accuracy = self.evaluate()
+            self.results[epoch] = accuracy
+            if (self.params or {}).get("verbose", 1):
+                print(f"{self.name} before epoch {epoch + 1}: {accuracy:.4f}")
+        self._started = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {} if logs is None else logs
+        if (epoch + 1) % self.every_n_epochs == 0:
+            accuracy = self.evaluate()
+            self.results[epoch + 1] = accuracy
+            logs[self.name] = accuracy
+        elif self.fill_value is not None:
+            logs[self.name] = self.fill_value
