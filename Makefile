@@ -2,7 +2,7 @@
 # Both set themselves up first (Debian's Fashion-MNIST package, .venv with every backend).
 BACKEND ?= torch
 
-.PHONY: setup test pretrain pretrain-text docs
+.PHONY: setup test pretrain finetune pretrain-text docs
 
 setup: .venv/.setup-done
 
@@ -17,6 +17,10 @@ test: setup
 # `make pretrain BACKEND=jax` or `BACKEND=tensorflow` runs the same recipe on the others.
 pretrain: setup
 	KERAS_BACKEND=$(BACKEND) .venv/bin/python recipes/pretrain_image.py
+
+# Fine-tune what `make pretrain` saved (runs/pretrain_image.keras) against the same ViT from random init.
+finetune: setup
+	KERAS_BACKEND=$(BACKEND) .venv/bin/python recipes/finetune_image.py
 
 # Text: BPE + a tiny text model on the Python docs, then a section probe (recipes/pretrain_text.py).
 pretrain-text: setup

@@ -12,12 +12,13 @@ from keras_d2v2.data import FASHION_MNIST_DIR, PYTHON_DOCS_DIR
 from keras_d2v2.data.audio import ASTERISK_SOUNDS_DIR, ASTERISK_VOICES
 
 
-def run_smoke(recipe, tmp_path):
+def run_smoke(recipe, tmp_path, args=None):
     """Runs `recipes/<recipe>.py --smoke` on the active backend, saving into `tmp_path`."""
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+    if args is None:
+        args = ["--save", str(tmp_path / "m.keras"), "--backup", str(tmp_path / "backup")]
     result = subprocess.run(
-        [sys.executable, str(REPO / "recipes" / f"{recipe}.py"), "--smoke", "--save", str(tmp_path / "m.keras"),
-         "--backup", str(tmp_path / "backup")],
+        [sys.executable, str(REPO / "recipes" / f"{recipe}.py"), "--smoke", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -36,6 +37,10 @@ def test_pretrain_image_smoke(tmp_path):
     assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
     assert (tmp_path / "m.keras").exists()
     assert not (tmp_path / "backup").exists()  # resume state is removed once training has finished
+    # The fine-tuning recipe takes what the pre-training recipe saved.
+    result = run_smoke("finetune_image", tmp_path, ["--pretrained", str(tmp_path / "m.keras")])
+    assert "Fine-tuned top-1" in result.stdout
+    assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
 
 
 @pytest.mark.skipif(
@@ -68,3 +73,21 @@ def test_pretrain_audio_smoke(tmp_path):
     assert f"backend {keras.backend.backend()}" in result.stdout
     assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
     assert (tmp_path / "m.keras").exists() and not (tmp_path / "backup").exists()
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution runs on JAX")
+@pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+def test_pretrain_image_tpu_smoke_on_a_model_parallel_mesh(tmp_path):
+    # 8 virtual CPU devices stand in for a TPU host: a 4 x 2 (data x model) mesh in bfloat16.
+    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "pretrain_image_tpu.py"), "--smoke", "--model-parallel", "2",
+         "--save", str(tmp_path / "m.keras")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "8 devices" in result.stdout and "ModelParallel, data axis 4, dtype mixed_bfloat16" in result.stdout
+    assert "k-NN (k=20, cosine)" in result.stdout and (tmp_path / "m.keras").exists()
