@@ -7,7 +7,8 @@ What:      image data2vec 2.0 with `keras.distribution`: `DataParallel` over all
            column-wise, the attention projection and fc2 row-wise) and the conv decoder's channels.
            bfloat16 compute (`mixed_bfloat16`, targets and loss in float32), `steps_per_execution`
            steps per host round trip. Data: Fashion-MNIST with the `tiny` preset (default), or any
-           preset on an image folder (--image-folder DIR, images resized to the preset's size).
+           3-channel preset on an image folder (--image-folder DIR, a tf.data pipeline with the
+           reference's augmentation: random-resized crop to the preset's size, flip, ImageNet norm).
            Ends with k-NN (k=20) of the student on the Fashion-MNIST test split when that is the data.
 Command:   KERAS_BACKEND=jax python recipes/pretrain_image_tpu.py                      (tiny, Fashion-MNIST)
            KERAS_BACKEND=jax python recipes/pretrain_image_tpu.py --preset base --image-folder /data/train \\
@@ -80,18 +81,20 @@ def distribution(model_parallel):
     return keras.distribution.ModelParallel(layout_map=layout_map(mesh), batch_dim_name="batch"), data_parallel
 
 
-def load_images(args, image_size, channels):
-    """Training images (standardized) and, for Fashion-MNIST, the labelled splits for k-NN."""
-    if args.image_folder:
-        from keras_d2v2.data import load_image_folder
+def image_folder_batches(args, image_size, channels):
+    """The reference's pre-training input: random-resized crops (scale 0.2-1, bicubic), flips and
+    ImageNet normalization of the folder's images, in whole batches; and the steps per epoch."""
+    import tensorflow as tf
 
-        images, _ = load_image_folder(args.image_folder, image_size=image_size, channels=channels, labels=None)
-        return standardize_images(images), None
-    (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
-    if args.smoke:
-        x_train, y_train, x_test, y_test = x_train[:128], y_train[:128], x_test[:256], y_test[:256]
-    x_train, x_test = standardize_images(x_train), standardize_images(x_test)
-    return x_train, ((x_train, y_train), (x_test, y_test))
+    from keras_d2v2.data import load_image_folder, pretraining_augmentation
+
+    images = load_image_folder(args.image_folder, image_size=None, channels=channels, labels=None, seed=args.seed)
+    steps = len(images.file_paths) // args.batch_size
+    if steps == 0:
+        raise SystemExit(f"--image-folder has {len(images.file_paths)} images, fewer than one batch ({args.batch_size}).")
+    augment = pretraining_augmentation(image_size, seed=args.seed)
+    batches = images.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.batch(args.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE), steps
 
 
 def main():
@@ -111,24 +114,32 @@ def main():
     preset = keras_d2v2.presets.IMAGE_PRESETS[args.preset]
     if not args.image_folder and (preset["image_size"], preset["channels"]) != (28, 1):
         raise SystemExit(f"Preset {args.preset!r} takes {preset['image_size']}px images: pass --image-folder.")
-    x_train, labelled = load_images(args, preset["image_size"], preset["channels"])
+    labelled = None
+    if args.image_folder:
+        data, steps_per_epoch = image_folder_batches(args, preset["image_size"], preset["channels"])
+    else:
+        (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
+        if args.smoke:
+            x_train, y_train, x_test, y_test = x_train[:128], y_train[:128], x_test[:256], y_test[:256]
+        x_train, x_test = standardize_images(x_train), standardize_images(x_test)
+        labelled = (x_train, y_train), (x_test, y_test)
+        # Whole batches only: every step's batch must split evenly over the data-parallel devices.
+        x_train = x_train[: len(x_train) // args.batch_size * args.batch_size]
+        data = keras_d2v2.ShuffledBatches(x_train, batch_size=args.batch_size, seed=args.seed)
+        steps_per_epoch = len(data)
     # The reference's CLS weight relative to the token loss (recipes/pretrain_image.py).
     cls_loss_weight = 0.01 * 256 / (args.batch_size * preset["clone_batch"])
     model = keras_d2v2.Data2Vec2.image(preset=args.preset, seed=args.seed, cls_loss_weight=cls_loss_weight)
 
-    # Whole batches only: every step's batch must split evenly over the data-parallel devices.
-    x_train = x_train[: len(x_train) // args.batch_size * args.batch_size]
-    data = keras_d2v2.ShuffledBatches(x_train, batch_size=args.batch_size, seed=args.seed)
-    steps = args.epochs * len(data)
-    schedule = warmup_cosine(args.learning_rate, total_steps=steps, warmup_epochs=args.warmup_epochs,
-                             steps_per_epoch=len(data))
+    schedule = warmup_cosine(args.learning_rate, total_steps=args.epochs * steps_per_epoch,
+                             warmup_epochs=args.warmup_epochs, steps_per_epoch=steps_per_epoch)
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, beta_1=0.9, beta_2=0.95, weight_decay=0.05, global_clipnorm=4.0),
         steps_per_execution=args.steps_per_execution,
     )
     print(f"{len(keras.distribution.list_devices())} devices ({keras.distribution.list_devices()[0]} ...), "
           f"{type(dist).__name__}, data axis {data_parallel}, dtype {args.dtype}; preset {args.preset!r}, "
-          f"{len(x_train)} images, {args.epochs} epochs of {len(data)} steps")
+          f"{args.epochs} epochs of {steps_per_epoch} steps of {args.batch_size} images")
     start = time.time()
     history = model.fit(data, epochs=args.epochs, verbose=1 if not args.smoke else 2)
     print(f"pre-training took {time.time() - start:.0f} s; final loss {history.history['loss'][-1]:.4f}")
