@@ -27,7 +27,7 @@ Settings:  --quick: the first 5,120 training images, 3 epochs of 20 steps (batch
            Any setting's numbers can be overridden (--epochs, --train-images, --seeds, --variants,
            --singularity-weight, --entropy-weight, --entropy-sign, --depth-weighting, ...).
 Hardware:  --quick: 2 CPU cores, PyTorch (the fastest backend for this model on a CPU). Default: a GPU.
-Time:      --quick, ~25 min on 2 idle CPU cores with PyTorch, estimated from these measurements (commit
+Time:      --quick: 25.8 min measured (2026-11-23, docs/mto.md), as estimated beforehand from these measurements (commit
            c0e1192, Keras 3.15.1, torch 2.13.0 CPU): one visible_only epoch of the quick subset (20 steps)
            15.5 s of training, each probe 5-7 s (features ~4 s, linear probe ~2 s); per training step at
            batch 256: visible_only 0.78-0.89 s, visible_only+mto 0.75 s, full_sequence 1.87 s,
@@ -51,7 +51,6 @@ Data:      `apt-get install dataset-fashion-mnist` (done by `make setup`); nothi
 import argparse
 import importlib.util
 import json
-import math
 import os
 import platform
 import sys

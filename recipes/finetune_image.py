@@ -25,7 +25,6 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 import keras_d2v2  # noqa: E402
 from keras_d2v2.data import load_fashion_mnist, standardize_images  # noqa: E402
