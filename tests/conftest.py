@@ -9,6 +9,19 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN = pathlib.Path(os.environ.get("KERAS_D2V2_GOLDEN", REPO.parent / "shared" / "golden"))
 
 
+def virtual_devices_env(count=8):
+    """Environment for a JAX subprocess that sees `count` virtual CPU devices.
+
+    On a 2-core machine that also runs other test processes, one virtual device's thread can reach an
+    all-reduce more than XLA's default 40 s after its peers; XLA then aborts the process. The raised
+    timeouts keep a slow but correct run from being killed.
+    """
+    flags = (f"--xla_force_host_platform_device_count={count} "
+             "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300 "
+             "--xla_cpu_collective_call_terminate_timeout_seconds=900")
+    return dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS=flags, TF_CPP_MIN_LOG_LEVEL="3")
+
+
 def _golden(name):
     path = GOLDEN / f"{name}.npz"
     if not path.exists():

@@ -2,14 +2,13 @@
 recipes/pretrain_image_tpu.py) give the single-device loss and weights, and masks differ per replica."""
 
 import json
-import os
 import subprocess
 import sys
 
 import keras
 import pytest
 
-from conftest import REPO
+from conftest import REPO, virtual_devices_env
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution runs on JAX")
 
@@ -64,8 +63,7 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def result():
-    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               TF_CPP_MIN_LOG_LEVEL="3")
+    env = virtual_devices_env(8)
     proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))

@@ -7,7 +7,7 @@ import sys
 import keras
 import pytest
 
-from conftest import REPO
+from conftest import REPO, virtual_devices_env
 from keras_d2v2.data import FASHION_MNIST_DIR, PYTHON_DOCS_DIR
 from keras_d2v2.data.audio import ASTERISK_SOUNDS_DIR, ASTERISK_VOICES
 
@@ -93,7 +93,7 @@ def test_pretrain_audio_smoke(tmp_path):
 )
 def test_pretrain_image_tpu_smoke_on_a_model_parallel_mesh(tmp_path):
     # 8 virtual CPU devices stand in for a TPU host: a 4 x 2 (data x model) mesh in bfloat16.
-    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = virtual_devices_env(8)
     result = subprocess.run(
         [sys.executable, str(REPO / "recipes" / "pretrain_image_tpu.py"), "--smoke", "--model-parallel", "2",
          "--save", str(tmp_path / "m.keras")],
