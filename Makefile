@@ -2,7 +2,7 @@
 # Both set themselves up first (Debian's Fashion-MNIST package, .venv with every backend).
 BACKEND ?= torch
 
-.PHONY: setup test pretrain finetune pretrain-text docs
+.PHONY: setup test pretrain finetune pretrain-text finetune-text pretrain-audio finetune-audio docs
 
 setup: .venv/.setup-done
 
@@ -25,6 +25,19 @@ finetune: setup
 # Text: BPE + a tiny text model on the Python docs, then a section probe (recipes/pretrain_text.py).
 pretrain-text: setup
 	KERAS_BACKEND=$(BACKEND) .venv/bin/python recipes/pretrain_text.py
+
+# Fine-tune that model (and its tokenizer) on the same section task (recipes/finetune_text.py).
+finetune-text: setup
+	KERAS_BACKEND=$(BACKEND) .venv/bin/python recipes/finetune_text.py
+
+# Speech: the Asterisk prompts, then probes / fine-tuning of language and voice. JAX is the fastest
+# backend for the speech model on a CPU, so it is the default here unless BACKEND is given.
+AUDIO_BACKEND = $(if $(filter command line environment,$(origin BACKEND)),$(BACKEND),jax)
+pretrain-audio: setup
+	KERAS_BACKEND=$(AUDIO_BACKEND) .venv/bin/python recipes/pretrain_audio.py
+
+finetune-audio: setup
+	KERAS_BACKEND=$(AUDIO_BACKEND) .venv/bin/python recipes/finetune_audio.py
 
 # The docs site (mkdocs.yml, docs/): guides and the API reference from the docstrings, into site/.
 # --strict turns every warning (a broken link, a docstring mkdocstrings cannot parse) into an error.

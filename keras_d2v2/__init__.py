@@ -16,7 +16,15 @@ from keras_d2v2.layers import (
     TransformerBlock,
 )
 from keras_d2v2.data import ShuffledBatches
-from keras_d2v2.models import AudioEncoder, Data2Vec2, ImageClassifier, ImageEncoder, TextEncoder
+from keras_d2v2.models import (
+    AudioClassifier,
+    AudioEncoder,
+    Data2Vec2,
+    ImageClassifier,
+    ImageEncoder,
+    TextClassifier,
+    TextEncoder,
+)
 from keras_d2v2.optimizers import LayerDecayAdamW
 from keras_d2v2.tokenizers import ByteLevelBPETokenizer
 

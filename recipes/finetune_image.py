@@ -28,7 +28,7 @@ import keras  # noqa: E402
 
 import keras_d2v2  # noqa: E402
 from keras_d2v2.data import load_fashion_mnist, standardize_images  # noqa: E402
-from keras_d2v2.optimizers import LayerDecayAdamW, warmup_cosine  # noqa: E402
+from keras_d2v2.evaluation import fine_tuning_accuracy  # noqa: E402
 
 
 def parse_args():
@@ -39,7 +39,13 @@ def parse_args():
     )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--learning-rate", type=float, nargs="+", default=[1e-3],
+        help="peak learning rate; several values: each encoder is fine-tuned at each, and the one with the best "
+        "accuracy on --validation-images held-out training images gives its test figure",
+    )
+    parser.add_argument("--validation-images", type=int, default=5000,
+                        help="with several learning rates: the last N training images, never trained on")
     parser.add_argument("--warmup-epochs", type=float, default=0.5)
     parser.add_argument("--layer-decay", type=float, default=0.65)
     parser.add_argument("--drop-path", type=float, default=0.1)
@@ -50,38 +56,34 @@ def parse_args():
     return parser.parse_args()
 
 
-def fine_tune(encoder, layer_decay, train, test, args):
-    """Test top-1 after fine-tuning a classifier on `encoder` (weights as given)."""
-    keras.utils.set_random_seed(args.seed)  # the same head init and batch order for both rows
-    classifier = keras_d2v2.ImageClassifier(encoder=encoder, num_classes=10)
-    steps_per_epoch = -(-len(train[0]) // args.batch_size)
-    schedule = warmup_cosine(
-        args.learning_rate, total_steps=args.epochs * steps_per_epoch, warmup_epochs=args.warmup_epochs,
-        steps_per_epoch=steps_per_epoch,
+def fine_tune(make_encoder, learning_rate, layer_decay, train, evaluate_on, args):
+    """Fine-tunes a classifier on a fresh `make_encoder()`; returns its top-1 on each of `evaluate_on`."""
+    keras.utils.set_random_seed(args.seed)  # the same head init and batch order for every row
+    classifier = keras_d2v2.ImageClassifier(encoder=make_encoder(), num_classes=10)
+    first, _ = fine_tuning_accuracy(
+        classifier, train, evaluate_on[0], epochs=args.epochs, batch_size=args.batch_size, learning_rate=learning_rate,
+        warmup_epochs=args.warmup_epochs, layer_decay=layer_decay, label_smoothing=args.label_smoothing,
+        optimizer_kwargs=dict(beta_1=0.9, beta_2=0.95, weight_decay=0.05), verbose=1 if not args.smoke else 2,
     )
-    classifier.compile(
-        optimizer=LayerDecayAdamW(
-            schedule, beta_1=0.9, beta_2=0.95, weight_decay=0.05,
-            lr_multipliers=classifier.layer_decay_multipliers(layer_decay) if layer_decay < 1 else None,
-        ),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=args.label_smoothing),
-        metrics=["accuracy"],
-    )
-    labels = keras.utils.to_categorical(train[1], 10)
-    classifier.fit(train[0], labels, batch_size=args.batch_size, epochs=args.epochs, verbose=1 if not args.smoke else 2)
-    logits = classifier.predict(test[0], batch_size=512, verbose=0)
-    return float((logits.argmax(-1) == test[1]).mean())
+    others = [float((classifier.predict(x, batch_size=512, verbose=0).argmax(-1) == y).mean()) for x, y in evaluate_on[1:]]
+    return [first] + others
 
 
 def main():
     args = parse_args()
     keras.utils.set_random_seed(args.seed)
     (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
+    select = len(args.learning_rate) > 1
+    if select:
+        x_val, y_val = x_train[-args.validation_images :], y_train[-args.validation_images :]
+        x_train, y_train = x_train[: -args.validation_images], y_train[: -args.validation_images]
     if args.train_labels:
         x_train, y_train = x_train[: args.train_labels], y_train[: args.train_labels]
     if args.smoke:
         x_train, y_train, x_test, y_test = x_train[:256], y_train[:256], x_test[:256], y_test[:256]
         args.epochs, args.batch_size = 1, 128
+        if select:
+            x_val, y_val = x_val[:256], y_val[:256]
     if args.smoke and not args.pretrained:
         pretrained = keras_d2v2.Data2Vec2.image(
             preset="tiny", seed=args.seed, depth=1, prenet_depth=1, top_k=1, decoder_layers=1
@@ -92,25 +94,45 @@ def main():
             raise SystemExit(f"--pretrained {path} does not exist; run `make pretrain` first.")
         pretrained = keras.saving.load_model(path)
     x_train, x_test = standardize_images(x_train), standardize_images(x_test)
+    evaluate_on = [(x_test, y_test)]
+    if select:
+        evaluate_on.insert(0, (standardize_images(x_val), y_val))
 
-    encoder = pretrained.export_encoder(drop_path_rate=args.drop_path)
-    keras.utils.set_random_seed(args.seed + 1)
-    random_encoder = type(encoder).from_config(encoder.get_config())
-    random_encoder.build()
-    print(f"backend {keras.backend.backend()}, {encoder.count_params():,} encoder parameters, "
-          f"{len(x_train)} labelled images, {args.epochs} epochs")
+    def random_encoder():
+        keras.utils.set_random_seed(args.seed + 1)  # the same random init at every learning rate
+        config = {**pretrained.encoder.get_config(), "drop_path_rate": args.drop_path, "name": "encoder"}
+        encoder = type(pretrained.encoder).from_config(config)
+        encoder.build()
+        return encoder
+
+    encoders = (
+        ("data2vec 2.0 pre-trained", lambda: pretrained.export_encoder(drop_path_rate=args.drop_path), args.layer_decay),
+        ("random init", random_encoder, 1.0),
+    )
+    print(f"backend {keras.backend.backend()}, {pretrained.encoder.count_params():,} encoder parameters, "
+          f"{len(x_train)} labelled images, {args.epochs} epochs, learning rates {args.learning_rate}"
+          + (f", chosen on {len(evaluate_on[0][1])} validation images" if select else ""))
 
     rows = []
-    for name, enc, decay in (("data2vec 2.0 pre-trained", encoder, args.layer_decay), ("random init", random_encoder, 1.0)):
-        start = time.time()
-        accuracy = fine_tune(enc, decay, (x_train, y_train), (x_test, y_test), args)
-        rows.append((name, decay, accuracy, time.time() - start))
+    for name, make_encoder, decay in encoders:
+        for learning_rate in args.learning_rate:
+            start = time.time()
+            accuracies = fine_tune(make_encoder, learning_rate, decay, (x_train, y_train), evaluate_on, args)
+            rows.append((name, decay, learning_rate, accuracies, time.time() - start))
     width = max(len(r[0]) for r in rows)
     print(f"\nFine-tuned top-1 on the Fashion-MNIST test split ({len(x_test)} images)")
-    print(f"{'encoder':<{width}}  layer decay  accuracy  time")
-    for name, decay, accuracy, seconds in rows:
-        print(f"{name:<{width}}  {decay:11.2f}  {100 * accuracy:7.2f}%  {seconds:4.0f} s")
-    return {name: accuracy for name, _, accuracy, _ in rows}
+    print(f"{'encoder':<{width}}  layer decay  peak lr  " + ("validation  " if select else "") + "accuracy  time")
+    for name, decay, learning_rate, accuracies, seconds in rows:
+        print(f"{name:<{width}}  {decay:11.2f}  {learning_rate:7.0e}  "
+              + "".join(f"{100 * a:9.2f}%  " for a in accuracies) + f"{seconds:4.0f} s")
+    best = {}
+    for name, _, learning_rate, accuracies, _ in rows:
+        if name not in best or accuracies[0] > best[name][1][0]:
+            best[name] = (learning_rate, accuracies)
+    if select:
+        print("At each encoder's best validation learning rate: "
+              + "; ".join(f"{name} {100 * acc[-1]:.2f}% (lr {lr:.0e})" for name, (lr, acc) in best.items()))
+    return {name: acc[-1] for name, (_, acc) in best.items()}
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Data:      `apt-get install asterisk-core-sounds-{en,es,fr,it,ru}-wav asterisk-p
 import argparse
 import os
 import time
-import zlib
 
 # JAX compiles the whole step with XLA: on 2 shared CPU cores one fit() step of this model took
 # 1.28 s on JAX and 5.97 s on PyTorch (batch 32, measured 2026-11-23 under load).
@@ -33,7 +32,7 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 import keras_d2v2  # noqa: E402
-from keras_d2v2.data.audio import ASTERISK_VOICES, load_asterisk_prompts, segment_clips  # noqa: E402
+from keras_d2v2.data.audio import ASTERISK_VOICES, asterisk_segments, load_asterisk_prompts  # noqa: E402
 from keras_d2v2.evaluation import knn_accuracy  # noqa: E402
 from keras_d2v2.optimizers import warmup_cosine  # noqa: E402
 
@@ -53,11 +52,6 @@ def parse_args():
     )
     parser.add_argument("--smoke", action="store_true", help="a few seconds, to check that everything runs")
     return parser.parse_args()
-
-
-def held_out(prompt, percent=20):
-    """A fixed, name-based split: the same prompt is held out in every voice."""
-    return zlib.crc32(prompt.encode()) % 100 < percent
 
 
 def features(encoder, audio, padding_mask, batch_size=128):
@@ -93,14 +87,9 @@ def main():
         keep = np.random.default_rng(0).permutation(len(data["audio"]))[:60]
         data = {k: [v[i] for i in keep] for k, v in data.items()}
         args.epochs, args.batch_size = 1, 32
-    languages = sorted(set(data["language"]))
-    audio, padding_mask, clip = segment_clips(data["audio"], num_samples=int(args.seconds * 16000))
-    labels = {
-        "voice": np.asarray(data["voice"])[clip],
-        "language": np.asarray([languages.index(lang) for lang in data["language"]])[clip],
-    }
-    test = np.asarray([held_out(data["prompt"][i]) for i in clip])
-    split = lambda rows: (audio[rows], padding_mask[rows], {k: v[rows] for k, v in labels.items()})  # noqa: E731
+    segments = asterisk_segments(data, num_samples=int(args.seconds * 16000))
+    audio, padding_mask, test = segments["audio"], segments["padding_mask"], segments["held_out"]
+    split = lambda rows: (audio[rows], padding_mask[rows], {k: segments[k][rows] for k in ("voice", "language")})  # noqa: E731
     train_set, test_set = split(~test), split(test)
 
     model = keras_d2v2.Data2Vec2.audio(preset=args.preset, seed=args.seed)

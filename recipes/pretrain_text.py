@@ -37,11 +37,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_d2v2  # noqa: E402
-from keras_d2v2.data import load_python_docs  # noqa: E402
+from keras_d2v2.data import DOC_SECTIONS, held_out_documents, load_python_docs, section_classification  # noqa: E402
 from keras_d2v2.evaluation import encoder_features, knn_accuracy, linear_probe_accuracy  # noqa: E402
 from keras_d2v2.optimizers import warmup_cosine  # noqa: E402
-
-PROBE_SECTIONS = ("library", "c-api", "whatsnew", "howto", "reference", "tutorial")
 
 
 def parse_args():
@@ -65,21 +63,6 @@ def parse_args():
     return parser.parse_args()
 
 
-def split_documents(sections):
-    """Held-out flag per document: every 5th document of each section, in sorted-path order."""
-    held_out, seen = [], {}
-    for section in sections:
-        seen[section] = seen.get(section, -1) + 1
-        held_out.append(seen[section] % 5 == 4)
-    return np.array(held_out)
-
-
-def probe_set(blocks, labels, per_class, rng):
-    """At most `per_class` blocks of each class, drawn without replacement."""
-    rows = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)])
-    return blocks[np.sort(rows)], labels[np.sort(rows)]
-
-
 def probe_table(random_encoder, trained_encoder, train, test, seed, epochs):
     rows = []
     for name, encoder in (("random init", random_encoder), ("data2vec 2.0 pre-trained", trained_encoder)):
@@ -89,7 +72,7 @@ def probe_table(random_encoder, trained_encoder, train, test, seed, epochs):
         rows.append((name, knn, linear))
     width = max(len(name) for name, *_ in rows)
     print(
-        f"\nSection of a block from an unseen document ({len(PROBE_SECTIONS)} classes, {len(test[0])} test blocks, "
+        f"\nSection of a block from an unseen document ({len(DOC_SECTIONS)} classes, {len(test[0])} test blocks, "
         f"balanced; {len(train[0])} training blocks)"
     )
     print(f"{'encoder':<{width}}  k-NN (k=20)  linear probe")
@@ -102,10 +85,10 @@ def main():
     args = parse_args()
     keras.utils.set_random_seed(args.seed)
     texts, sections, _ = load_python_docs()
-    held_out = split_documents(sections)
+    held_out = held_out_documents(sections)
     if args.smoke:
         # The first 5 documents of each probed section (the 5th held out), their first 4,000 characters.
-        keep = np.concatenate([np.flatnonzero(np.array(sections) == s)[:5] for s in PROBE_SECTIONS])
+        keep = np.concatenate([np.flatnonzero(np.array(sections) == s)[:5] for s in DOC_SECTIONS])
         texts, sections, held_out = [texts[i][:4000] for i in keep], [sections[i] for i in keep], held_out[keep]
         args.vocab_size, args.epochs, args.probe_bank, args.probe_epochs = 300, 1, 40, 5
     train_texts = [t for t, h in zip(texts, held_out) if not h]
@@ -157,13 +140,8 @@ def main():
         print(f"saved {args.save} and its tokenizer in {os.path.splitext(args.save)[0]}_tokenizer/")
 
     start = time.time()
-    label_of = {s: i for i, s in enumerate(PROBE_SECTIONS)}
-    labels = np.array([label_of.get(s, -1) for s in sections])[source]
-    rng = np.random.default_rng(args.seed)
-    probed = labels >= 0
-    train = probe_set(blocks[probed & ~held_out[source]], labels[probed & ~held_out[source]], args.probe_bank, rng)
-    test_labels = labels[probed & held_out[source]]
-    test = probe_set(blocks[probed & held_out[source]], test_labels, np.bincount(test_labels).min(), rng)
+    train, test = section_classification(blocks, source, sections, held_out, max_train_per_class=args.probe_bank,
+                                         seed=args.seed)
     probe_table(random_encoder, model.encoder, train, test, args.seed, args.probe_epochs)
     print(f"probes took {time.time() - start:.0f} s")
 

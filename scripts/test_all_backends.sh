@@ -3,8 +3,9 @@
 #
 # The three backends run at the same time, each in its own pytest process, and each one's report is
 # printed whole when it finishes. JAX spends most of its time compiling on one thread, so on a 2-core
-# machine the other backends fit beside it: the wall time is about JAX's alone rather than the sum.
-# KERAS_D2V2_SERIAL_TESTS=1 runs them one after another instead, with live output.
+# machine the other backends fit beside it; JAX, the longest, is itself split over two pytest-xdist
+# workers (a test file stays on one worker, so module fixtures are built once).
+# KERAS_D2V2_SERIAL_TESTS=1 runs the backends one after another instead, with live output.
 # PyTorch gets one intra-op thread: its OpenMP workers spin while waiting and slow everything down
 # when the cores are shared.
 set -uo pipefail
@@ -12,10 +13,13 @@ cd "$(dirname "$0")/.."
 backends=(tensorflow jax torch)
 
 run_backend() {
-  local threads=()
-  [ "$1" = torch ] && [ -z "${KERAS_D2V2_SERIAL_TESTS:-}" ] && threads=(OMP_NUM_THREADS=1)
+  local threads=() workers=()
+  if [ -z "${KERAS_D2V2_SERIAL_TESTS:-}" ]; then
+    [ "$1" = torch ] && threads=(OMP_NUM_THREADS=1)
+    [ "$1" = jax ] && .venv/bin/python -c "import xdist" 2>/dev/null && workers=(-n 2 --dist loadfile)
+  fi
   env "${threads[@]}" KERAS_BACKEND="$1" TF_CPP_MIN_LOG_LEVEL=3 \
-    .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "${@:2}" tests
+    .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "${workers[@]}" "${@:2}" tests
 }
 
 status=0

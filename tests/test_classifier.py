@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 
 import keras_d2v2
-from keras_d2v2 import Data2Vec2, ImageClassifier
+from keras_d2v2 import AudioClassifier, Data2Vec2, ImageClassifier, TextClassifier
 from keras_d2v2.optimizers import LayerDecayAdamW
 
 
@@ -17,6 +17,24 @@ def pretrained(**overrides):
 
 def images(n=4, seed=0):
     return np.random.default_rng(seed).normal(size=(n, 32, 32, 3)).astype("float32")
+
+
+def chirps(n=2, samples=12000, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / 16000.0
+    audio = np.sin(2 * np.pi * (rng.uniform(100, 800, (n, 1)) * t + 200 * t**2)) + 0.05 * rng.standard_normal((n, samples))
+    return audio.astype("float32")
+
+
+def token_ids(n=3, length=12, seed=0):
+    return np.random.default_rng(seed).integers(4, 100, size=(n, length)).astype("int32")
+
+
+def numpy_norm_linear(pooled, classifier, eps):
+    gamma, beta = (ops.convert_to_numpy(w) for w in classifier.fc_norm.weights)
+    normed = (pooled - pooled.mean(-1, keepdims=True)) / np.sqrt(pooled.var(-1, keepdims=True) + eps)
+    kernel, bias = (ops.convert_to_numpy(w) for w in classifier.head.weights)
+    return (normed * gamma + beta) @ kernel + bias
 
 
 def numpy_adamw_step(value, grad, lr, wd, beta_1=0.9, beta_2=0.999, eps=1e-7):
@@ -54,22 +72,74 @@ def test_classifier_head_is_mean_pool_layernorm_linear():
     x = images(3)
     hidden = ops.convert_to_numpy(classifier.encoder(x))
     pooled = hidden[:, 1:].mean(axis=1)  # CLS dropped
-    gamma, beta = (ops.convert_to_numpy(w) for w in classifier.fc_norm.weights)
-    normed = (pooled - pooled.mean(-1, keepdims=True)) / np.sqrt(pooled.var(-1, keepdims=True) + 1e-6)
-    kernel, bias = (ops.convert_to_numpy(w) for w in classifier.head.weights)
-    expected = (normed * gamma + beta) @ kernel + bias
+    expected = numpy_norm_linear(pooled, classifier, 1e-6)
     np.testing.assert_allclose(ops.convert_to_numpy(classifier(x)), expected, rtol=1e-4, atol=1e-5)
     assert classifier(x).shape == (3, 5)
 
 
 def test_classifier_rejects_other_modalities_and_bad_class_counts():
     text = Data2Vec2.text(preset="tiny_test", seed=0)
-    with pytest.raises(ValueError, match="`encoder` must be an `ImageEncoder`.*got TextEncoder"):
+    with pytest.raises(ValueError, match="`encoder` must be an instance of `ImageEncoder`.*got TextEncoder"):
         ImageClassifier.from_pretrained(text, num_classes=3)
     with pytest.raises(ValueError, match="`num_classes` must be an int >= 2, got 1"):
         ImageClassifier(encoder=pretrained().export_encoder(), num_classes=1)
     with pytest.raises(ValueError, match="`pretrained` must be a `Data2Vec2` model or its path"):
         ImageClassifier.from_pretrained(object(), num_classes=3)
+
+
+def test_audio_classifier_pools_the_real_frames_only():
+    keras.utils.set_random_seed(0)
+    classifier = AudioClassifier.from_pretrained(Data2Vec2.audio(preset="tiny_test", seed=0), num_classes=4)
+    clips = chirps(2, 8000)
+    hidden = ops.convert_to_numpy(classifier.encoder(clips))
+    unpadded = ops.convert_to_numpy(classifier(clips))
+    np.testing.assert_allclose(unpadded, numpy_norm_linear(hidden.mean(1), classifier, 1e-5), rtol=1e-4, atol=1e-5)
+    # Row 1 keeps 6,000 real samples and is padded with junk to 8,000: only its real frames are pooled,
+    # so the junk does not matter, and row 0 (no padding) is unchanged.
+    padding = np.zeros(clips.shape, bool)
+    padding[1, 6000:] = True
+    real_frames = classifier.encoder.output_length(6000)
+    results = []
+    for junk in (7.0, -3.0):
+        padded = np.where(padding, junk, clips).astype("float32")
+        results.append(ops.convert_to_numpy(classifier({"audio": padded, "padding_mask": padding})))
+    hidden = ops.convert_to_numpy(classifier.encoder(padded, padding_mask=padding))
+    expected = numpy_norm_linear(hidden[1:, :real_frames].mean(1), classifier, 1e-5)
+    np.testing.assert_allclose(results[0][1:], expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results[0][0], unpadded[0], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(results[0][1], unpadded[1], atol=1e-3)
+    with pytest.raises(ValueError, match="a dict with 'audio' and optionally 'padding_mask', got keys \\['waveform'\\]"):
+        classifier({"waveform": clips})
+
+
+def test_text_classifier_head_is_roberta_first_token_tanh_linear():
+    keras.utils.set_random_seed(0)
+    classifier = TextClassifier.from_pretrained(Data2Vec2.text(preset="tiny_test", seed=0), num_classes=3)
+    x = token_ids()
+    first = ops.convert_to_numpy(classifier.encoder(x))[:, 0]
+    dense_k, dense_b = (ops.convert_to_numpy(w) for w in classifier.pooler.weights)
+    out_k, out_b = (ops.convert_to_numpy(w) for w in classifier.head.weights)
+    expected = np.tanh(first @ dense_k + dense_b) @ out_k + out_b
+    np.testing.assert_allclose(ops.convert_to_numpy(classifier(x)), expected, rtol=1e-4, atol=1e-5)
+    # Padding hides from attention: padded sequences keep their logits.
+    padded = np.concatenate([x, np.full((3, 5), classifier.encoder.pad_id, "int32")], axis=1)
+    np.testing.assert_allclose(ops.convert_to_numpy(classifier(padded)), expected, rtol=1e-4, atol=1e-5)
+    # The reference's init: both dense layers normal(0, 0.02), zero biases.
+    assert abs(float(np.std(dense_k)) - 0.02) < 0.004 and not dense_b.any() and not out_b.any()
+
+
+def test_classifiers_reject_other_modalities_and_teachers():
+    image_encoder = pretrained().export_encoder()
+    with pytest.raises(ValueError, match="`encoder` must be an instance of `AudioEncoder`.*got ImageEncoder"):
+        AudioClassifier(encoder=image_encoder, num_classes=3)
+    with pytest.raises(ValueError, match="`encoder` must be an instance of `TextEncoder`.*got ImageEncoder"):
+        TextClassifier(encoder=image_encoder, num_classes=3)
+    text = Data2Vec2.text(preset="tiny_test", seed=0)
+    with pytest.raises(ValueError, match="`blocks_only=True` \\(an EMA teacher\\)"):
+        TextClassifier(encoder=text.teacher, num_classes=3)
+    with pytest.raises(ValueError, match=r"`dropout` must be in \[0, 1\), got 1.0"):
+        TextClassifier(encoder=text.export_encoder(), num_classes=3, dropout=1.0)
 
 
 def test_layer_decay_multipliers_follow_the_reference():
@@ -127,15 +197,25 @@ def test_layer_decay_adamw_rejects_unknown_paths_and_bad_multipliers():
         optimizer.build([keras.Variable(np.zeros(2, "float32"), name="w")])
 
 
-def test_fine_tuning_fits_under_jit_and_round_trips(tmp_path):
-    classifier = ImageClassifier.from_pretrained(pretrained(), num_classes=3, drop_path_rate=0.1)
+FINE_TUNING_CASES = {
+    "image": (ImageClassifier, lambda: pretrained(), lambda: images(8)),
+    "audio": (AudioClassifier, lambda: Data2Vec2.audio(preset="tiny_test", seed=0), lambda: chirps(8, 6400)),
+    "text": (TextClassifier, lambda: Data2Vec2.text(preset="tiny_test", seed=0), lambda: token_ids(8)),
+}
+
+
+@pytest.mark.parametrize("modality", sorted(FINE_TUNING_CASES))
+def test_fine_tuning_fits_under_jit_and_round_trips(modality, tmp_path):
+    classifier_class, make_pretrained, make_inputs = FINE_TUNING_CASES[modality]
+    keras.utils.set_random_seed(0)
+    classifier = classifier_class.from_pretrained(make_pretrained(), num_classes=3, drop_path_rate=0.1)
     frozen_before = {v.path: ops.convert_to_numpy(v).copy() for v in classifier.trainable_variables}
     classifier.compile(
         optimizer=LayerDecayAdamW(1e-3, weight_decay=0.05, lr_multipliers=classifier.layer_decay_multipliers(0.65)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    x, y = images(8), np.arange(8) % 3
+    x, y = make_inputs(), np.arange(8) % 3
     history = classifier.fit(x, y, batch_size=4, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     after = {v.path: ops.convert_to_numpy(v) for v in classifier.trainable_variables}
@@ -145,7 +225,7 @@ def test_fine_tuning_fits_under_jit_and_round_trips(tmp_path):
     path = tmp_path / "classifier.keras"
     classifier.save(path)
     restored = keras.saving.load_model(path)
-    assert isinstance(restored, ImageClassifier) and restored.encoder.drop_path_rate == 0.1
+    assert isinstance(restored, classifier_class) and restored.encoder.drop_path_rate == 0.1
     np.testing.assert_allclose(ops.convert_to_numpy(restored(x)), ops.convert_to_numpy(classifier(x)), rtol=1e-5, atol=1e-5)
     assert restored.optimizer.lr_multipliers == classifier.optimizer.lr_multipliers
     assert int(ops.convert_to_numpy(restored.optimizer.iterations)) == 4

@@ -1,11 +1,14 @@
 """ShuffledBatches: an epoch order that depends only on (seed, epoch), wired into fit()."""
 
+import zlib
+
 import keras
 import numpy as np
 import pytest
 
 from keras_d2v2 import Data2Vec2
-from keras_d2v2.data import ShuffledBatches
+from keras_d2v2.data import DOC_SECTIONS, ShuffledBatches, held_out_documents, section_classification
+from keras_d2v2.data.audio import asterisk_segments
 
 
 def rows_of(data):
@@ -79,3 +82,50 @@ def test_steps_per_epoch_is_refused():
     model, data = model_and_data()
     with pytest.raises(ValueError, match="`steps_per_epoch` cannot be used with a `ShuffledBatches`"):
         model.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
+
+
+def test_held_out_documents_takes_every_fifth_of_each_section():
+    sections = ["a"] * 7 + ["b"] * 5 + ["a"] * 3
+    held = held_out_documents(sections)
+    assert list(np.flatnonzero(held)) == [4, 11, 14]  # a's 5th and 10th, b's 5th
+
+
+def test_section_classification_splits_by_document_and_balances_the_test_set():
+    rng = np.random.default_rng(0)
+    sections = [DOC_SECTIONS[i % 6] for i in range(60)] + ["faq"] * 5  # "faq" is not a class
+    held_out = held_out_documents(sections)
+    block_document = rng.integers(0, len(sections), 3000)
+    blocks = np.stack([block_document, np.arange(3000)], axis=1)  # each block remembers its document
+    (x_train, y_train), (x_test, y_test) = section_classification(
+        blocks, block_document, sections, held_out, max_train_per_class=100, seed=0
+    )
+    for x, y, from_held_out in ((x_train, y_train, False), (x_test, y_test, True)):
+        documents = x[:, 0]
+        assert (held_out[documents] == from_held_out).all()
+        np.testing.assert_array_equal(y, [DOC_SECTIONS.index(sections[d]) for d in documents])
+        assert len(np.unique(x[:, 1])) == len(x)  # no block twice
+    assert (np.bincount(y_train, minlength=6) == 100).all()
+    test_counts = np.bincount(y_test, minlength=6)
+    assert (test_counts == test_counts[0]).all() and test_counts[0] > 0
+    # The smallest held-out section sets the per-class count: every one of its blocks is used.
+    smallest = min(
+        ((held_out[block_document]) & (np.array([s == DOC_SECTIONS[c] for s in sections])[block_document])).sum()
+        for c in range(6)
+    )
+    assert test_counts[0] == smallest
+
+
+def test_asterisk_segments_hold_out_a_prompt_in_every_voice():
+    clips = [np.ones(n, "float32") for n in (16000, 24000, 8000, 16000)]
+    data = {"audio": clips, "voice": [0, 1, 4, 4], "language": ["en", "es", "it", "it"],
+            "prompt": ["digits/1", "digits/1", "digits/2", "vm-goodbye"]}
+    segments = asterisk_segments(data, num_samples=16000, held_out_percent=50)
+    # 16000 -> 1 segment, 24000 -> 2 (the second padded), 8000 -> 1 padded, 16000 -> 1.
+    assert segments["audio"].shape == (5, 16000)
+    np.testing.assert_array_equal(segments["voice"], [0, 1, 1, 4, 4])
+    np.testing.assert_array_equal(segments["language"], [0, 1, 1, 2, 2])  # index into ["en", "es", "it"]
+    np.testing.assert_array_equal(segments["padding_mask"].any(1), [False, False, True, True, False])
+    held = segments["held_out"]
+    assert held[0] == held[1] == held[2]  # digits/1 in both voices: one decision
+    expected = [zlib.crc32(p.encode()) % 100 < 50 for p in ("digits/1", "digits/1", "digits/1", "digits/2", "vm-goodbye")]
+    np.testing.assert_array_equal(held, expected)

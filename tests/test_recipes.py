@@ -41,14 +41,15 @@ def run_smoke(recipe, tmp_path, args=None):
     not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
 )
-def test_pretrain_image_smoke(tmp_path):
+def test_pretrain_and_finetune_image_smoke(tmp_path):
     result = run_smoke("pretrain_image", tmp_path)
     assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
     assert (tmp_path / "m.keras").exists()
     assert not (tmp_path / "backup").exists()  # resume state is removed once training has finished
-    # The fine-tuning recipe takes what the pre-training recipe saved.
-    result = run_smoke("finetune_image", tmp_path, ["--pretrained", str(tmp_path / "m.keras")])
-    assert "Fine-tuned top-1" in result.stdout
+    # The fine-tuning recipe takes what the pre-training recipe saved; with two learning rates it
+    # picks each encoder's on held-out training images.
+    result = run_smoke("finetune_image", tmp_path, ["--pretrained", str(tmp_path / "m.keras"), "--learning-rate", "1e-3", "3e-3"])
+    assert "Fine-tuned top-1" in result.stdout and "At each encoder's best validation learning rate" in result.stdout
     assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
 
 
@@ -57,7 +58,7 @@ def test_pretrain_image_smoke(tmp_path):
     not (PYTHON_DOCS_DIR / "library").is_dir(),
     reason="Python docs sources not installed (apt-get install python3.11-doc)",
 )
-def test_pretrain_text_smoke(tmp_path):
+def test_pretrain_and_finetune_text_smoke(tmp_path):
     pytest.importorskip("tokenizers", reason="the `text` extra is not installed (pip install 'keras-d2v2[text]')")
     result = run_smoke("pretrain_text", tmp_path)
     assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
@@ -70,6 +71,10 @@ def test_pretrain_text_smoke(tmp_path):
     model = keras.saving.load_model(tmp_path / "m.keras")
     tokenizer.check_model(model)
     assert tuple(model.encoder(tokenizer.encode(["def f(x): return x"])).shape)[-1] == model.encoder.embed_dim
+    # The fine-tuning recipe takes the model and the tokenizer beside it.
+    result = run_smoke("finetune_text", tmp_path, ["--pretrained", str(tmp_path / "m.keras")])
+    assert "Fine-tuned top-1: section of a block" in result.stdout
+    assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
 
 
 @smoke_backend
@@ -78,12 +83,15 @@ def test_pretrain_text_smoke(tmp_path):
     reason="Asterisk prompts not installed (apt-get install asterisk-core-sounds-{en,es,fr,it,ru}-wav "
     "asterisk-prompt-it-menardi-wav)",
 )
-def test_pretrain_audio_smoke(tmp_path):
+def test_pretrain_and_finetune_audio_smoke(tmp_path):
     pytest.importorskip("scipy", reason="the `audio` extra is not installed (pip install 'keras-d2v2[audio]')")
     result = run_smoke("pretrain_audio", tmp_path)
     assert f"backend {keras.backend.backend()}" in result.stdout
     assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
     assert (tmp_path / "m.keras").exists() and not (tmp_path / "backup").exists()
+    result = run_smoke("finetune_audio", tmp_path, ["--pretrained", str(tmp_path / "m.keras"), "--label", "voice"])
+    assert "Fine-tuned top-1, voice of segments of held-out prompts" in result.stdout
+    assert "frozen" in result.stdout and "trained" in result.stdout
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution runs on JAX")

@@ -2,6 +2,7 @@
 
 import pathlib
 import wave
+import zlib
 
 import numpy as np
 
@@ -99,3 +100,27 @@ def load_asterisk_prompts(*, root=ASTERISK_SOUNDS_DIR, voices=ASTERISK_VOICES, s
             data["language"].append(voice[:2])
             data["prompt"].append(str(path.relative_to(root / voice).with_suffix("")))
     return data
+
+
+def asterisk_segments(data, *, num_samples, held_out_percent=20):
+    """The recipes' speech task: `load_asterisk_prompts()` clips as labelled segments, split by prompt.
+
+    Each clip is cut by `segment_clips(num_samples=...)`. A prompt is held out by its name's CRC-32
+    (`held_out_percent` of the names) in every voice at once, so no test segment's words were heard
+    in training, in any voice.
+
+    Returns:
+        dict of arrays over segments: `"audio"` `(N, num_samples)`, `"padding_mask"` (True at
+        padding), `"voice"` (index into `ASTERISK_VOICES`), `"language"` (index into the sorted
+        languages of `data`), `"held_out"` (bool).
+    """
+    audio, padding_mask, clip = segment_clips(data["audio"], num_samples=num_samples)
+    languages = sorted(set(data["language"]))
+    held_out = np.array([zlib.crc32(p.encode()) % 100 < held_out_percent for p in data["prompt"]], bool)
+    return {
+        "audio": audio,
+        "padding_mask": padding_mask,
+        "voice": np.asarray(data["voice"])[clip],
+        "language": np.asarray([languages.index(language) for language in data["language"]])[clip],
+        "held_out": held_out[clip],
+    }
