@@ -12,8 +12,9 @@ What:      the reference's text fine-tuning (fairseq RoBERTa's sentence classifi
 Command:   KERAS_BACKEND=torch .venv/bin/python recipes/finetune_text.py, after recipes/pretrain_text.py
            has written runs/pretrain_text.keras and runs/pretrain_text_tokenizer/ (or pass --pretrained).
 Hardware:  2 CPU cores, no accelerator. Any backend: set KERAS_BACKEND=jax|tensorflow|torch.
-Time:      see docs/results.md, "Fine-tuning the text model", for the measured run.
-Expect:    the figures in docs/results.md (seed 0).
+Time:      ~17 min with PyTorch on 2 cores (2 x 5 epochs x 210 steps; measured on a shared CPU).
+Expect:    test top-1 61.11% pre-trained vs 50.43% random init (seed 0; docs/results.md,
+           "Fine-tuning the text model").
 Smoke:     --smoke fine-tunes a fresh one-block model on the start of 30 documents, in seconds.
 Data:      `apt-get install python3.11-doc` (done by `make setup`); nothing is downloaded.
 """

@@ -110,3 +110,27 @@ def test_pretrain_image_tpu_smoke_on_a_model_parallel_mesh(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "8 devices" in result.stdout and "ModelParallel, data axis 4, dtype mixed_bfloat16" in result.stdout
     assert "k-NN (k=20, cosine)" in result.stdout and (tmp_path / "m.keras").exists()
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution runs on JAX")
+def test_pretrain_image_tpu_on_an_image_folder(tmp_path):
+    # The --image-folder path: 40 RGB images of mixed sizes, the reference's augmentation in tf.data,
+    # 2 whole batches of 16 on one device with the 32 px `tiny_test` preset.
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        shape = (int(rng.integers(24, 60)), int(rng.integers(24, 60)), 3)
+        image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        tf.io.write_file(str(tmp_path / "images" / f"{i}.png"), tf.io.encode_png(image))
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "pretrain_image_tpu.py"), "--smoke", "--preset", "tiny_test",
+         "--image-folder", str(tmp_path / "images"), "--save", str(tmp_path / "m.keras")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 epochs of 2 steps of 16 images" in result.stdout
+    loss = float(result.stdout.split("final loss ")[1].split()[0])
+    assert np.isfinite(loss) and (tmp_path / "m.keras").exists()
