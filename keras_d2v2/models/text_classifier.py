@@ -44,7 +44,9 @@ class TextClassifier(EncoderClassifier):
             encoder.embed_dim, activation="tanh", kernel_initializer=init, dtype=self.dtype_policy, name="pooler"
         )
         self.head = keras.layers.Dense(num_classes, kernel_initializer=init, dtype=self.dtype_policy, name="head")
-        self.head_dropout = keras.layers.Dropout(dropout, seed=encoder.seed, dtype=self.dtype_policy)
+        # Its own stream: the encoder's seed again would repeat the encoder's dropout draws.
+        head_seed = None if encoder.seed is None else encoder.seed + 1
+        self.head_dropout = keras.layers.Dropout(dropout, seed=head_seed, dtype=self.dtype_policy)
         self.pooler.build((None, encoder.embed_dim))
         self.head.build((None, encoder.embed_dim))
 
