@@ -1,6 +1,5 @@
 """Callbacks for data2vec 2.0 pre-training."""
 
-import contextlib
 import math
 import numbers
 
@@ -232,15 +231,8 @@ class KNNMonitor(keras.callbacks.Callback):
         from keras_d2v2.evaluation import encoder_features, knn_accuracy
 
         encoder = self.model.encoder
-        if keras.backend.backend() == "torch":
-            import torch
-
-            no_grad = torch.no_grad()  # no autograd graph for the encoder's activations
-        else:
-            no_grad = contextlib.nullcontext()
-        with no_grad:
-            bank = encoder_features(encoder, self.bank[0], batch_size=self.batch_size)
-            test = encoder_features(encoder, self.test[0], batch_size=self.batch_size)
+        bank = encoder_features(encoder, self.bank[0], batch_size=self.batch_size)
+        test = encoder_features(encoder, self.test[0], batch_size=self.batch_size)
         return knn_accuracy(bank, self.bank[1], test, self.test[1], k=self.k, temperature=self.temperature)
 
     def on_train_begin(self, logs=None):

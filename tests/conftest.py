@@ -1,5 +1,7 @@
 import os
 import pathlib
+import signal
+import subprocess
 
 import keras
 import numpy as np
@@ -20,6 +22,22 @@ def virtual_devices_env(count=8):
              "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300 "
              "--xla_cpu_collective_call_terminate_timeout_seconds=900")
     return dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS=flags, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def run_python(args, *, env, timeout=600, cwd=None):
+    """`subprocess.run([python, *args])` that fails with every thread's Python stack when it times out,
+    so that a hang in CI says where it hung (faulthandler prints them on SIGABRT)."""
+    import sys
+
+    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=dict(env, PYTHONFAULTHANDLER="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(map(str, args))[:200]} timed out after {timeout} s.\nstdout: {stdout[-2000:]}\nstderr: {stderr[-6000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def _golden(name):

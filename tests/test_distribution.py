@@ -2,13 +2,11 @@
 recipes/pretrain_image_tpu.py) give the single-device loss and weights, and masks differ per replica."""
 
 import json
-import subprocess
-import sys
 
 import keras
 import pytest
 
-from conftest import REPO, virtual_devices_env
+from conftest import REPO, run_python, virtual_devices_env
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution runs on JAX")
 
@@ -64,7 +62,7 @@ print("RESULT " + json.dumps(out))
 @pytest.fixture(scope="module")
 def result():
     env = virtual_devices_env(8)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = run_python(["-c", SCRIPT], cwd=REPO, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])

@@ -1,13 +1,11 @@
 """Every recipe's --smoke mode runs end to end (on PyTorch; the TPU recipe on JAX with 8 virtual devices)."""
 
 import os
-import subprocess
-import sys
 
 import keras
 import pytest
 
-from conftest import REPO, virtual_devices_env
+from conftest import REPO, run_python, virtual_devices_env
 from keras_d2v2.data import FASHION_MNIST_DIR, PYTHON_DOCS_DIR
 from keras_d2v2.data.audio import ASTERISK_SOUNDS_DIR, ASTERISK_VOICES
 
@@ -25,13 +23,7 @@ def run_smoke(recipe, tmp_path, args=None):
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
     if args is None:
         args = ["--save", str(tmp_path / "m.keras"), "--backup", str(tmp_path / "backup")]
-    result = subprocess.run(
-        [sys.executable, str(REPO / "recipes" / f"{recipe}.py"), "--smoke", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    result = run_python([str(REPO / "recipes" / f"{recipe}.py"), "--smoke", *args], env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -102,11 +94,8 @@ def test_pretrain_and_finetune_audio_smoke(tmp_path):
 def test_pretrain_image_tpu_smoke_on_a_model_parallel_mesh(tmp_path):
     # 8 virtual CPU devices stand in for a TPU host: a 4 x 2 (data x model) mesh in bfloat16.
     env = virtual_devices_env(8)
-    result = subprocess.run(
-        [sys.executable, str(REPO / "recipes" / "pretrain_image_tpu.py"), "--smoke", "--model-parallel", "2",
-         "--save", str(tmp_path / "m.keras")],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
+    result = run_python([str(REPO / "recipes" / "pretrain_image_tpu.py"), "--smoke", "--model-parallel", "2",
+                         "--save", str(tmp_path / "m.keras")], env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "8 devices" in result.stdout and "ModelParallel, data axis 4, dtype mixed_bfloat16" in result.stdout
     assert "k-NN (k=20, cosine)" in result.stdout and (tmp_path / "m.keras").exists()
@@ -125,11 +114,8 @@ def test_pretrain_image_tpu_on_an_image_folder(tmp_path):
         image = rng.integers(0, 256, size=shape, dtype=np.uint8)
         tf.io.write_file(str(tmp_path / "images" / f"{i}.png"), tf.io.encode_png(image))
     env = dict(os.environ, KERAS_BACKEND="jax")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "recipes" / "pretrain_image_tpu.py"), "--smoke", "--preset", "tiny_test",
-         "--image-folder", str(tmp_path / "images"), "--save", str(tmp_path / "m.keras")],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
+    result = run_python([str(REPO / "recipes" / "pretrain_image_tpu.py"), "--smoke", "--preset", "tiny_test",
+                         "--image-folder", str(tmp_path / "images"), "--save", str(tmp_path / "m.keras")], env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 epochs of 2 steps of 16 images" in result.stdout
     loss = float(result.stdout.split("final loss ")[1].split()[0])

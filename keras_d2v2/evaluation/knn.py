@@ -1,24 +1,41 @@
 """k-nearest-neighbour evaluation of frozen encoder features."""
 
+import keras
 import numpy as np
 from keras import ops
 
 
-def encoder_features(encoder, inputs, batch_size=512):
-    """Mean of the encoder's final tokens (CLS excluded; padding excluded for encoders whose
-    `padding_mask(inputs)` marks some, e.g. text), L2-normalized, as numpy (N, D)."""
-    features = []
-    for start in range(0, len(inputs), batch_size):
-        batch = inputs[start : start + batch_size]
-        hidden = encoder(batch, training=False)[:, encoder.num_extra_tokens :]
-        padding = encoder.padding_mask(batch)
+class _PooledFeatures(keras.Model):
+    """The encoder followed by the feature pooling, so that `predict()` runs it as one compiled call
+    per batch. Calling the encoder op by op instead dispatches every layer separately, which under a
+    model-parallel `keras.distribution` means one cross-device exchange per op."""
+
+    def __init__(self, encoder):
+        super().__init__(name=f"{encoder.name}_pooled_features")
+        self.encoder = encoder
+
+    def call(self, inputs):
+        hidden = self.encoder(inputs, training=False)[:, self.encoder.num_extra_tokens :]
+        padding = self.encoder.padding_mask(inputs)
         if padding is None:
             pooled = ops.mean(hidden, axis=1)
         else:
             weights = ops.cast(ops.logical_not(padding), hidden.dtype)[..., None]
             pooled = ops.sum(hidden * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
-        features.append(ops.convert_to_numpy(pooled))
-    features = np.concatenate(features).astype("float32")
+        return ops.cast(pooled, "float32")
+
+
+def encoder_features(encoder, inputs, batch_size=512):
+    """Mean of the encoder's final tokens (CLS excluded; padding excluded for encoders whose
+    `padding_mask(inputs)` marks some, e.g. text), L2-normalized, as numpy (N, D)."""
+    count = len(inputs)
+    batch_size = min(batch_size, count)
+    # Whole batches only: one input shape to compile, and under a `keras.distribution` every batch
+    # splits over the data-parallel devices. The repeated rows are dropped from the result.
+    padding = -count % batch_size
+    if padding:
+        inputs = np.concatenate([inputs, np.repeat(np.asarray(inputs[-1:]), padding, axis=0)])
+    features = _PooledFeatures(encoder).predict(inputs, batch_size=batch_size, verbose=0)[:count]
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
