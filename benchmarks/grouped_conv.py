@@ -1,7 +1,8 @@
-"""Forward+backward time of the decoder's grouped conv: native `ops.conv` vs `grouped_conv2d_matmul`.
+"""Forward+backward time of the decoder's grouped conv: native `ops.conv`, `grouped_conv2d_matmul`, and
+`grouped_conv2d_per_group`.
 
 Why it exists: on CPU, XLA's gradient of a grouped convolution made the conv decoder dominate the
-data2vec 2.0 step on JAX and TensorFlow; `ConvDecoder2D(conv_impl="auto")` uses the matmul form
+data2vec 2.0 step on JAX and TensorFlow; `ConvDecoder2D(conv_impl="auto")` uses the per-group form
 there. Run once per backend:
 
     for b in jax tensorflow torch; do KERAS_BACKEND=$b .venv/bin/python benchmarks/grouped_conv.py; done
@@ -18,7 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_d2v2.layers.conv_decoder import grouped_conv2d_matmul
+from keras_d2v2.layers.conv_decoder import grouped_conv2d_matmul, grouped_conv2d_per_group
 
 
 def native(x, kernel, groups):
@@ -67,7 +68,7 @@ def main():
     x = rng.normal(size=(args.batch, padded, padded, args.channels)).astype("float32")
     k = rng.normal(size=(args.kernel, args.kernel, args.channels // args.groups, args.channels)).astype("float32")
     results = {}
-    for name, fn in (("native", native), ("grouped_matmul", grouped_conv2d_matmul)):
+    for name, fn in (("native", native), ("grouped_matmul", grouped_conv2d_matmul), ("per_group", grouped_conv2d_per_group)):
         run = grad_function(fn, args.groups)
         run(x, k)
         times = []

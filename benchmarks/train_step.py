@@ -713,7 +713,7 @@ def parse_args(argv=None):
                         help="device: one batch kept on the device; numpy: an in-memory array through Keras' adapter")
     parser.add_argument("--guard", choices=("on", "off"), default="on",
                         help="off: TrainingGuard without its per-step loss check (shows what the per-step sync costs)")
-    parser.add_argument("--decoder-conv", choices=("auto", "native", "grouped_matmul") + tuple(DECODER_CONVS),
+    parser.add_argument("--decoder-conv", choices=("auto", "native", "grouped_matmul", "per_group") + tuple(DECODER_CONVS),
                         default=None, help="experiment: the decoder's conv_impl, or an alternative patched in")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="torch: torch.backends.cudnn.benchmark = True (experiment; Keras leaves it off)")

@@ -24,7 +24,7 @@ from keras_d2v2.layers import sincos_positions_2d
 CASES = [
     (lambda: Data2Vec2.image(preset="tiny_test", decoder_width=3), r"Unknown argument\(s\) \['decoder_width'\]"),
     (lambda: Data2Vec2.image(preset="tiny_test", ema_decay=1.5), r"EMA decays must be in \[0, 1\], got 1.5"),
-    (lambda: ConvDecoder2D(conv_impl="fft"), "`conv_impl` must be 'auto', 'native' or 'grouped_matmul', got 'fft'"),
+    (lambda: ConvDecoder2D(conv_impl="fft"), "`conv_impl` must be one of 'auto', 'native', 'grouped_matmul', 'per_group', got 'fft'"),
     (lambda: ConvDecoder2D(decoder_dim=30, groups=16), r"`groups` \(16\) must divide `decoder_dim` \(30\)"),
     (lambda: ConvDecoder2D(decoder_dim=32, groups=16)(np.zeros((1, 49, 24), "float32")), r"`groups` \(16\) must divide the token dimension \(24\)"),
     (lambda: ConvDecoder2D(decoder_dim=32, groups=4)(np.zeros((1, 50, 32), "float32")), "needs a square token grid, got 50 tokens"),

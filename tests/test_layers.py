@@ -212,7 +212,7 @@ def numpy_decoder(decoder, x):
     return h
 
 
-@pytest.mark.parametrize("conv_impl", ["native", "grouped_matmul"])
+@pytest.mark.parametrize("conv_impl", ["native", "grouped_matmul", "per_group"])
 @pytest.mark.parametrize("kernel_size, dim", [(3, 8), (4, 16)])
 def test_conv_decoder_matches_numpy(kernel_size, dim, conv_impl):
     # dim 8 != decoder_dim 16: the first layer must skip the residual; even kernels pad like SamePad.
@@ -222,7 +222,7 @@ def test_conv_decoder_matches_numpy(kernel_size, dim, conv_impl):
     roundtrip(decoder, x)
 
 
-@pytest.mark.parametrize("conv_impl", ["native", "grouped_matmul"])
+@pytest.mark.parametrize("conv_impl", ["native", "grouped_matmul", "per_group"])
 @pytest.mark.parametrize(
     "kwargs, dim",
     [

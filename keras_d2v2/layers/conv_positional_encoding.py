@@ -21,7 +21,7 @@ class ConvPositionalEncoding(keras.layers.Layer):
         width: int, the reference's `conv_pos_width` (95 in the published audio configs).
         depth: int, `conv_pos_depth` (5).
         groups: int, `conv_pos_groups` (16); must divide D.
-        conv_impl: "auto", "native" or "grouped_matmul", as in `ConvDecoder1D`.
+        conv_impl: "auto", "native", "grouped_matmul" or "per_group", as in `ConvDecoder1D`.
 
     Example:
     >>> encoding = ConvPositionalEncoding(width=25, depth=5, groups=4)
