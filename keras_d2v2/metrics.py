@@ -10,7 +10,8 @@ class LastValue(keras.metrics.Metric):
 
     def __init__(self, name="last_value", dtype="float32", **kwargs):
         super().__init__(name=name, dtype=dtype, **kwargs)
-        self.value = self.add_variable(shape=(), initializer="zeros", dtype=self.dtype, name="value")
+        # "mean": under a tf.distribute strategy the logged value is the replicas' mean, not their sum.
+        self.value = self.add_variable(shape=(), initializer="zeros", dtype=self.dtype, aggregation="mean", name="value")
 
     def update_state(self, value):
         self.value.assign(ops.cast(value, self.dtype))

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_d2v2.layers.inverse_block_masking import check_masking_args, keep_top_k, num_visible_tokens
-from keras_d2v2.layers.random_state import SavesRandomState
+from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
 
 
 @keras.saving.register_keras_serializable(package="keras_d2v2")
@@ -46,7 +46,7 @@ class BlockMasking1D(SavesRandomState, keras.layers.Layer):
         self.inverse = bool(inverse)
         self.clone_batch = int(clone_batch)
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = ReplicaSeedGenerator(seed)
         self.span_prob = 1.0 - mask_prob if inverse else mask_prob
 
     def num_visible(self, num_tokens):

@@ -4,7 +4,7 @@ import math
 
 import keras
 from keras import ops
-from keras_d2v2.layers.random_state import SavesRandomState
+from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
 
 
 def mask_info(mask, num_visible):
@@ -89,7 +89,7 @@ class InverseBlockMasking(SavesRandomState, keras.layers.Layer):
         self.mask_prob_adjust = mask_prob_adjust
         self.clone_batch = int(clone_batch)
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = ReplicaSeedGenerator(seed)
 
     def num_visible(self, num_tokens):
         """Visible patches per row for a grid of `num_tokens` (the reference's `int(T * (1 - p))`)."""

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_d2v2.layers.inverse_block_masking import check_masking_args, keep_top_k, num_visible_tokens
-from keras_d2v2.layers.random_state import SavesRandomState
+from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
 
 
 @keras.saving.register_keras_serializable(package="keras_d2v2")
@@ -35,7 +35,7 @@ class RandomMasking(SavesRandomState, keras.layers.Layer):
         self.mask_prob = mask_prob
         self.clone_batch = int(clone_batch)
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = ReplicaSeedGenerator(seed)
 
     def num_visible(self, num_tokens):
         """Visible tokens per row (the reference's `int(T * (1 - mask_prob))`)."""

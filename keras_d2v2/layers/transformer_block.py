@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 from keras import ops
-from keras_d2v2.layers.random_state import SavesRandomState
+from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
 
 
 def bert_init():
@@ -67,7 +67,7 @@ class TransformerBlock(SavesRandomState, keras.layers.Layer):
         self.post_mlp_dropout = post_mlp_dropout
         self.drop_path_rate = drop_path_rate
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = ReplicaSeedGenerator(seed)
 
     def build(self, input_shape):
         if len(input_shape) != 3:

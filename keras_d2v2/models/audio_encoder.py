@@ -14,7 +14,7 @@ from keras_d2v2.layers.conv_feature_extractor import (
     receptive_field,
 )
 from keras_d2v2.layers.conv_positional_encoding import ConvPositionalEncoding
-from keras_d2v2.layers.random_state import SavesRandomState
+from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
 from keras_d2v2.layers.transformer_block import encoder_stack
 from keras_d2v2.models.text_encoder import _is_concrete, padding_attention_bias
 
@@ -134,7 +134,7 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
         self.contextualize_only = contextualize_only
         self.seed = seed
         self.num_tokens = None  # any clip length
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = ReplicaSeedGenerator(seed)
 
         if not contextualize_only:
             self.feature_extractor = ConvFeatureExtractor(

@@ -5,7 +5,7 @@ import math
 import keras
 import numpy as np
 from keras import ops
-from keras_d2v2.layers.random_state import SavesRandomState
+from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
 
 from keras_d2v2.layers.contextualized_targets import ContextualizedTargets
 from keras_d2v2.layers.conv_decoder import ConvDecoder2D
@@ -18,6 +18,16 @@ def gather_tokens(x, ids):
     """`x[n, ids[n, k]]` for `x` of shape (N, T, D) and `ids` of shape (N, K)."""
     ids = ops.broadcast_to(ops.expand_dims(ids, -1), (ops.shape(ids)[0], ops.shape(ids)[1], x.shape[-1]))
     return ops.take_along_axis(x, ids, axis=1)
+
+
+def replicas_in_sync():
+    """How many replicas a TensorFlow `tf.distribute` strategy runs each step on (1 on other
+    backends, and for `keras.distribution`, whose step sees the global batch)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 def masked_std(y, weights):
@@ -201,7 +211,7 @@ class Data2Vec2(SavesRandomState, keras.Model):
         self.collapse_check_after = collapse_check_after
         self.decay_1d_weights = decay_1d_weights
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = ReplicaSeedGenerator(seed)
         self._ema_defaults = (ema_decay, ema_end_decay, ema_anneal_end_step)
 
         # Images have a fixed number of tokens (checked here); text takes any length per batch.
@@ -570,7 +580,7 @@ class Data2Vec2(SavesRandomState, keras.Model):
         regression, cls, weights, prediction, repeated = self.loss_terms(
             targets, y_pred, self.encoder.padding_mask(source, **self._padding_kwargs(input_padding))
         )
-        loss = regression + cls
+        loss = regression
         if self.singularity_tracker is not None:
             singularity = ops.mean(y_pred["singularity_loss"])
             loss = loss + self.singularity_loss_weight * singularity
@@ -581,10 +591,15 @@ class Data2Vec2(SavesRandomState, keras.Model):
             self.entropy_tracker.update_state(entropy)
         if self.losses:
             loss = loss + ops.sum(self.losses)
+        # Under a tf.distribute strategy Keras sums the replicas' gradients: the per-replica means
+        # are divided by the replica count, while the CLS term, a sum over samples as in the
+        # reference, adds up to its global value as it is.
+        replicas = replicas_in_sync()
+        loss = loss / replicas + cls
         if training:
             self.num_updates.assign_add(1)
         self.regression_loss_tracker.update_state(regression)
-        self.cls_loss_tracker.update_state(cls)
+        self.cls_loss_tracker.update_state(cls * replicas)
         self.target_var_tracker.update_state(masked_std(repeated, weights))
         self.pred_var_tracker.update_state(masked_std(prediction, weights))
         self.ema_decay_tracker.update_state(decay)

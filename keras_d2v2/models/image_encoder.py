@@ -2,7 +2,7 @@
 
 import keras
 from keras import ops
-from keras_d2v2.layers.random_state import SavesRandomState
+from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
 
 from keras_d2v2.layers.patch_embedding import PatchEmbedding
 from keras_d2v2.layers.transformer_block import encoder_stack
@@ -92,7 +92,7 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
         self.drop_path_rate = drop_path_rate
         self.seed = seed
         self.num_extra_tokens = 1
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = ReplicaSeedGenerator(seed)
 
         self.patch_embedding = PatchEmbedding(
             image_size=image_size,

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_d2v2.layers.random_state import SavesRandomState
+from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
 from keras_d2v2.layers.transformer_block import bert_init, block_stack
 
 # Added to attention logits at padded keys; finite so that float16 and all-padding rows stay NaN-free.
@@ -122,7 +122,7 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
         self.blocks_only = blocks_only
         self.seed = seed
         self.num_tokens = None  # any length up to max_positions
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = ReplicaSeedGenerator(seed)
         self.blocks = block_stack(
             [f"block{i}" for i in range(depth)],
             drop_path_rate=drop_path_rate,
