@@ -32,13 +32,14 @@ class SavesRandomState:
 
 
 class ReplicaSeedGenerator(keras.random.SeedGenerator):
-    """A `keras.random.SeedGenerator` whose draws differ between the replicas of a `tf.distribute`
-    strategy.
+    """A `keras.random.SeedGenerator` whose draws differ between data-parallel replicas.
 
     Under `tf.distribute.MirroredStrategy` every replica holds the same mirrored generator state,
-    so each would draw the same masks, mask noise and dropout for its share of the batch. Inside a
-    replica context with several replicas, the replica id is folded into the first seed word. Other
-    backends (and `keras.distribution` on JAX, which draws for the global batch) are unchanged.
+    and PyTorch DDP processes start from the same seed, so each would draw the same masks, mask
+    noise and dropout for its share of the batch. Inside a `tf.distribute` replica context with
+    several replicas, or in a process of an initialized `torch.distributed` group, the replica id
+    (the process rank) is folded into the first seed word. Elsewhere, `keras.distribution` on JAX
+    included (its step draws for the global batch), draws are those of a plain `SeedGenerator`.
 
     Example:
     >>> generator = ReplicaSeedGenerator(0)
@@ -47,13 +48,26 @@ class ReplicaSeedGenerator(keras.random.SeedGenerator):
 
     def next(self, ordered=True):
         seed = super().next(ordered=ordered)
-        if keras.backend.backend() != "tensorflow":
+        replica = _replica_id()
+        if replica is None:
             return seed
+        # A large odd stride keeps replica streams apart from generators seeded seed, seed + 1, ...
+        offset = keras.ops.cast(keras.ops.stack([replica * 1_000_003, 0 * replica]), seed.dtype)
+        return seed + offset
+
+
+def _replica_id():
+    """This replica's id among several data-parallel replicas, or None when there is one."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
         import tensorflow as tf
 
         context = tf.distribute.get_replica_context()
-        if context is None or context.num_replicas_in_sync == 1:
-            return seed
-        # A large odd stride keeps replica streams apart from generators seeded seed, seed + 1, ...
-        replica = tf.cast(context.replica_id_in_sync_group, seed.dtype)
-        return seed + tf.stack([replica * 1_000_003, tf.zeros_like(replica)])
+        if context is not None and context.num_replicas_in_sync > 1:
+            return context.replica_id_in_sync_group
+    elif backend == "torch":
+        import torch.distributed
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            return torch.distributed.get_rank()
+    return None

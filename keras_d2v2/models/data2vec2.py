@@ -20,14 +20,22 @@ def gather_tokens(x, ids):
     return ops.take_along_axis(x, ids, axis=1)
 
 
-def replicas_in_sync():
-    """How many replicas a TensorFlow `tf.distribute` strategy runs each step on (1 on other
-    backends, and for `keras.distribution`, whose step sees the global batch)."""
-    if keras.backend.backend() != "tensorflow":
-        return 1
-    import tensorflow as tf
+def data_parallel_replicas():
+    """`(replicas, summed)`: how many data-parallel replicas each compute the step on their share of
+    the batch, and whether their gradients are summed (`tf.distribute`, through Keras) or averaged
+    (PyTorch DDP, under an initialized `torch.distributed` process group). `(1, False)` otherwise,
+    including `keras.distribution`, whose step sees the global batch."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    return tf.distribute.get_strategy().num_replicas_in_sync
+        return tf.distribute.get_strategy().num_replicas_in_sync, True
+    if backend == "torch":
+        import torch.distributed
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), False
+    return 1, False
 
 
 def masked_std(y, weights):
@@ -591,11 +599,13 @@ class Data2Vec2(SavesRandomState, keras.Model):
             self.entropy_tracker.update_state(entropy)
         if self.losses:
             loss = loss + ops.sum(self.losses)
-        # Under a tf.distribute strategy Keras sums the replicas' gradients: the per-replica means
-        # are divided by the replica count, while the CLS term, a sum over samples as in the
-        # reference, adds up to its global value as it is.
-        replicas = replicas_in_sync()
-        loss = loss / replicas + cls
+        # Data-parallel replicas must add up to the one-device gradient: the other terms are means
+        # over the replica's share of the batch, the CLS term (as in the reference) a sum over
+        # samples, so it is weighted by the replica count; summed gradients divide the whole.
+        replicas, summed = data_parallel_replicas()
+        loss = loss + replicas * cls
+        if summed:
+            loss = loss / replicas
         if training:
             self.num_updates.assign_add(1)
         self.regression_loss_tracker.update_state(regression)
