@@ -13,6 +13,7 @@ from keras_d2v2.layers import (
     InverseBlockMasking,
     PatchEmbedding,
     RandomMasking,
+    ReplicaSeedGenerator,
     TransformerBlock,
 )
 from keras_d2v2.data import ShuffledBatches
