@@ -1,4 +1,4 @@
-"""Random-number state: saved with a layer's weights, and distinct per `tf.distribute` replica."""
+"""Random-number state: saved with a layer's weights, and distinct per data-parallel replica."""
 
 import keras
 
