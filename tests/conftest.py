@@ -2,6 +2,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -27,8 +28,6 @@ def virtual_devices_env(count=8):
 def run_python(args, *, env, timeout=600, cwd=None):
     """`subprocess.run([python, *args])` that fails with every thread's Python stack when it times out,
     so that a hang in CI says where it hung (faulthandler prints them on SIGABRT)."""
-    import sys
-
     proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=dict(env, PYTHONFAULTHANDLER="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

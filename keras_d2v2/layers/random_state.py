@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_d2v2.replicas import data_parallel_replica
+
 
 class SavesRandomState:
     """Mixin for layers that draw random numbers: saves their `SeedGenerator` states with the weights.
@@ -48,26 +50,9 @@ class ReplicaSeedGenerator(keras.random.SeedGenerator):
 
     def next(self, ordered=True):
         seed = super().next(ordered=ordered)
-        replica = _replica_id()
-        if replica is None:
+        replica, count, _ = data_parallel_replica()
+        if count == 1:
             return seed
         # A large odd stride keeps replica streams apart from generators seeded seed, seed + 1, ...
         offset = keras.ops.cast(keras.ops.stack([replica * 1_000_003, 0 * replica]), seed.dtype)
         return seed + offset
-
-
-def _replica_id():
-    """This replica's id among several data-parallel replicas, or None when there is one."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            return context.replica_id_in_sync_group
-    elif backend == "torch":
-        import torch.distributed
-
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            return torch.distributed.get_rank()
-    return None

@@ -11,6 +11,7 @@ from keras_d2v2.layers.contextualized_targets import ContextualizedTargets
 from keras_d2v2.layers.conv_decoder import ConvDecoder2D
 from keras_d2v2.layers.inverse_block_masking import InverseBlockMasking, mask_info
 from keras_d2v2.metrics import LastValue
+from keras_d2v2.replicas import data_parallel_replica
 from keras_d2v2.models.image_encoder import ImageEncoder
 
 
@@ -18,24 +19,6 @@ def gather_tokens(x, ids):
     """`x[n, ids[n, k]]` for `x` of shape (N, T, D) and `ids` of shape (N, K)."""
     ids = ops.broadcast_to(ops.expand_dims(ids, -1), (ops.shape(ids)[0], ops.shape(ids)[1], x.shape[-1]))
     return ops.take_along_axis(x, ids, axis=1)
-
-
-def data_parallel_replicas():
-    """`(replicas, summed)`: how many data-parallel replicas each compute the step on their share of
-    the batch, and whether their gradients are summed (`tf.distribute`, through Keras) or averaged
-    (PyTorch DDP, under an initialized `torch.distributed` process group). `(1, False)` otherwise,
-    including `keras.distribution`, whose step sees the global batch."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.distribute.get_strategy().num_replicas_in_sync, True
-    if backend == "torch":
-        import torch.distributed
-
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), False
-    return 1, False
 
 
 def masked_std(y, weights):
@@ -602,7 +585,7 @@ class Data2Vec2(SavesRandomState, keras.Model):
         # Data-parallel replicas must add up to the one-device gradient: the other terms are means
         # over the replica's share of the batch, the CLS term (as in the reference) a sum over
         # samples, so it is weighted by the replica count; summed gradients divide the whole.
-        replicas, summed = data_parallel_replicas()
+        _, replicas, summed = data_parallel_replica()
         loss = loss + replicas * cls
         if summed:
             loss = loss / replicas
