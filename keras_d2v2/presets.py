@@ -101,7 +101,7 @@ def image_model(preset=None, **overrides):
         decoder=ConvDecoder2D(
             decoder_dim=config["decoder_dim"], num_layers=config["decoder_layers"], kernel_size=config["decoder_kernel"],
             groups=config["decoder_groups"], residual=config["decoder_residual"],
-            input_dropout=config["decoder_input_dropout"], dtype=dtype, name="decoder",
+            input_dropout=config["decoder_input_dropout"], seed=offset(50), dtype=dtype, name="decoder",
         ),
         masking=InverseBlockMasking(
             mask_prob=config["mask_prob"], block_length=config["block_length"],
@@ -166,7 +166,7 @@ def text_model(preset=None, **overrides):
             decoder_dim=config["decoder_dim"], num_layers=config["decoder_layers"], kernel_size=config["decoder_kernel"],
             groups=config["decoder_groups"], residual=config["decoder_residual"],
             projection_layers=config["decoder_projection_layers"], projection_ratio=config["decoder_projection_ratio"],
-            input_dropout=config["decoder_input_dropout"], dtype=dtype, name="decoder",
+            input_dropout=config["decoder_input_dropout"], seed=offset(50), dtype=dtype, name="decoder",
         ),
         masking=RandomMasking(mask_prob=config["mask_prob"], clone_batch=config["clone_batch"], seed=offset(1),
                               name="masking"),
@@ -231,7 +231,7 @@ def audio_model(preset=None, **overrides):
         decoder=ConvDecoder1D(
             decoder_dim=config["decoder_dim"], num_layers=config["decoder_layers"], kernel_size=config["decoder_kernel"],
             groups=config["decoder_groups"], residual=config["decoder_residual"],
-            input_dropout=config["decoder_input_dropout"], dtype=dtype, name="decoder",
+            input_dropout=config["decoder_input_dropout"], seed=offset(50), dtype=dtype, name="decoder",
         ),
         masking=BlockMasking1D(mask_prob=config["mask_prob"], block_length=config["block_length"],
                                mask_prob_adjust=config["mask_prob_adjust"], inverse=config.get("inverse_mask", False),
@@ -259,7 +259,8 @@ def from_preset(preset, **overrides):
     """A `Data2Vec2` from a built-in preset name (`preset_names()`) or a directory written by `save_to_preset`.
 
     A built-in name builds a freshly initialized model (keyword `overrides` change its settings, as
-    for `Data2Vec2.image(...)`); a directory restores the saved model, weights included, as it was.
+    for `Data2Vec2.image(...)`; with `seed=...` the initial weights, masks and noise are a function
+    of that seed alone); a directory restores the saved model, weights included, as it was.
     Nothing is downloaded.
 
     Example:

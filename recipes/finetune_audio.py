@@ -78,6 +78,7 @@ def main():
             raise SystemExit(f"--pretrained {path} does not exist; run recipes/pretrain_audio.py first.")
         pretrained = keras.saving.load_model(path)
     encoder = pretrained.export_encoder()
+    # A seeded encoder (the presets seed theirs) starts from the pre-training's own initial weights.
     keras.utils.set_random_seed(args.seed + 1)
     random_encoder = type(encoder).from_config(encoder.get_config())
     random_encoder.build()

@@ -102,7 +102,9 @@ def main():
         evaluate_on.insert(0, (standardize_images(x_val), y_val))
 
     def random_encoder():
-        keras.utils.set_random_seed(args.seed + 1)  # the same random init at every learning rate
+        # A seeded encoder (the presets seed theirs) starts from the pre-training's own initial
+        # weights; an unseeded one from the global seed set here, the same at every learning rate.
+        keras.utils.set_random_seed(args.seed + 1)
         config = {**pretrained.encoder.get_config(), "drop_path_rate": args.drop_path, "name": "encoder"}
         encoder = type(pretrained.encoder).from_config(config)
         encoder.build()

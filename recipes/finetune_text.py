@@ -79,6 +79,7 @@ def main():
     )
 
     encoder = pretrained.export_encoder()
+    # A seeded encoder (the presets seed theirs) starts from the pre-training's own initial weights.
     keras.utils.set_random_seed(args.seed + 1)
     random_encoder = type(encoder).from_config(encoder.get_config())
     random_encoder.build()

@@ -46,6 +46,26 @@ def test_a_builtin_name_builds_the_same_model_as_the_modality_builder():
     assert Data2Vec2.from_preset("text_tiny_test").encoder.input_name == "tokens"
 
 
+@pytest.mark.parametrize("preset", ["image_tiny_test", "audio_tiny_test", "text_tiny_test"])
+def test_the_seed_alone_fixes_the_initial_weights(preset):
+    def initial_weights(global_seed, seed):
+        keras.utils.set_random_seed(global_seed)
+        model = from_preset(preset, seed=seed)
+        return {w.path: ops.convert_to_numpy(w) for w in model.trainable_weights}
+
+    first, again, other = initial_weights(1, seed=0), initial_weights(2, seed=0), initial_weights(1, seed=1)
+    assert first.keys() == again.keys() == other.keys()
+    random = [path for path, value in first.items() if value.std() > 0]  # not the constant-initialized ones
+    assert len(random) >= 10
+    for path in first:
+        np.testing.assert_array_equal(first[path], again[path], err_msg=path)
+    for path in random:
+        assert not np.array_equal(first[path], other[path]), path
+    # No two weights start from the same values (a shared seeded initializer would do that).
+    flat = {path: first[path].ravel()[:64].tobytes() for path in random}
+    assert len(set(flat.values())) == len(flat)
+
+
 def test_preset_directory_restores_a_trained_model_exactly(tmp_path):
     keras.utils.set_random_seed(0)
     model = Data2Vec2.image("tiny_test", seed=0)

@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+from keras_d2v2.layers.random_state import initializer_seed
+
 
 def _xla_on_cpu():
     backend = keras.backend.backend()
@@ -80,10 +82,10 @@ def check_conv_impl(conv_impl):
         raise ValueError(f"`conv_impl` must be one of {', '.join(map(repr, CONV_IMPLS))}, got {conv_impl!r}.")
 
 
-def torch_default_uniform(fan_in):
+def torch_default_uniform(fan_in, seed=None):
     """PyTorch's default Linear/Conv init (kaiming-uniform with a=sqrt(5)): U(+-1/sqrt(fan_in))."""
     limit = 1.0 / math.sqrt(fan_in)
-    return keras.initializers.RandomUniform(-limit, limit)
+    return keras.initializers.RandomUniform(-limit, limit, seed=seed)
 
 
 class _ConvDecoder(keras.layers.Layer):
@@ -103,6 +105,7 @@ class _ConvDecoder(keras.layers.Layer):
         projection_ratio=2.0,
         input_dropout=0.0,
         conv_impl="auto",
+        seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -120,6 +123,7 @@ class _ConvDecoder(keras.layers.Layer):
         self.projection_ratio = projection_ratio
         self.input_dropout = input_dropout
         self.conv_impl = conv_impl
+        self.seed = seed
 
     def _grid(self, num_tokens):
         """The token layout `(height, width)` the convolutions run over."""
@@ -135,13 +139,21 @@ class _ConvDecoder(keras.layers.Layer):
         self.kernels, self.biases, self.norms = [], [], []
         channels = dim
         for i in range(self.num_layers):
-            init = torch_default_uniform(channels // self.groups * self.kernel_size**self.spatial_rank)
+            fan_in = channels // self.groups * self.kernel_size**self.spatial_rank
             self.kernels.append(
                 self.add_weight(
-                    shape=kernel_window + (channels // self.groups, self.decoder_dim), initializer=init, name=f"conv{i}_kernel"
+                    shape=kernel_window + (channels // self.groups, self.decoder_dim),
+                    initializer=torch_default_uniform(fan_in, initializer_seed(self.seed, f"conv{i}_kernel")),
+                    name=f"conv{i}_kernel",
                 )
             )
-            self.biases.append(self.add_weight(shape=(self.decoder_dim,), initializer=init, name=f"conv{i}_bias"))
+            self.biases.append(
+                self.add_weight(
+                    shape=(self.decoder_dim,),
+                    initializer=torch_default_uniform(fan_in, initializer_seed(self.seed, f"conv{i}_bias")),
+                    name=f"conv{i}_bias",
+                )
+            )
             norm = keras.layers.LayerNormalization(
                 epsilon=1e-5, center=False, scale=False, dtype=self.dtype_policy, name=f"norm{i}"
             )
@@ -155,12 +167,13 @@ class _ConvDecoder(keras.layers.Layer):
             widths.append(int(widths[-1] * self.projection_ratio) if i == 0 else widths[-1])
         widths.append(dim)
         for i, (fan_in, units) in enumerate(zip(widths[:-1], widths[1:])):
+            name = "projection" if self.projection_layers == 1 else f"projection{i}"
             dense = keras.layers.Dense(
                 units,
-                kernel_initializer=torch_default_uniform(fan_in),
-                bias_initializer=torch_default_uniform(fan_in),
+                kernel_initializer=torch_default_uniform(fan_in, initializer_seed(self.seed, f"{name}_kernel")),
+                bias_initializer=torch_default_uniform(fan_in, initializer_seed(self.seed, f"{name}_bias")),
                 dtype=self.dtype_policy,
-                name="projection" if self.projection_layers == 1 else f"projection{i}",
+                name=name,
             )
             dense.build((None, None, fan_in))
             self.projections.append(dense)
@@ -205,6 +218,7 @@ class _ConvDecoder(keras.layers.Layer):
             projection_ratio=self.projection_ratio,
             input_dropout=self.input_dropout,
             conv_impl=self.conv_impl,
+            seed=self.seed,
         )
         return config
 
@@ -233,6 +247,7 @@ class ConvDecoder2D(_ConvDecoder):
         conv_impl: "auto", "native" (`ops.conv`), "grouped_matmul" (`grouped_conv2d_matmul`) or
             "per_group" (`grouped_conv2d_per_group`); "auto" picks per-group convs for XLA (JAX,
             TensorFlow) on CPU and native otherwise. All compute the same function with the same weights.
+        seed: int or None, seed of the initial weights (`None`: Keras' global seed).
 
     Example:
     >>> decoder = ConvDecoder2D(decoder_dim=32, num_layers=2, kernel_size=3, groups=4)

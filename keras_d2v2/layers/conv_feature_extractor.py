@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_d2v2.layers.random_state import initializer_seed
+
 # The reference's `feature_encoder_spec`: (channels, kernel, stride) per layer; stride 320 (20 ms at
 # 16 kHz) and a receptive field of 400 samples (25 ms) in all.
 BASE_FEATURE_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
@@ -46,6 +48,7 @@ class ConvFeatureExtractor(keras.layers.Layer):
 
     Args:
         feature_layers: sequence of `(channels, kernel, stride)`; default the reference's 7 layers.
+        seed: int or None, seed of the initial weights (`None`: Keras' global seed).
 
     Example:
     >>> extractor = ConvFeatureExtractor(feature_layers=[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2)
@@ -53,10 +56,11 @@ class ConvFeatureExtractor(keras.layers.Layer):
     (2, 49, 32)
     """
 
-    def __init__(self, *, feature_layers=BASE_FEATURE_LAYERS, **kwargs):
+    def __init__(self, *, feature_layers=BASE_FEATURE_LAYERS, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.feature_layers = check_feature_layers(feature_layers)
         self.channels = self.feature_layers[-1][0]
+        self.seed = seed
         self.receptive_field = receptive_field(self.feature_layers)
         self.convs, self.norms = [], []
         for i, (channels, kernel, stride) in enumerate(self.feature_layers):
@@ -67,7 +71,9 @@ class ConvFeatureExtractor(keras.layers.Layer):
                     strides=stride,
                     use_bias=False,
                     # torch's kaiming_normal_: N(0, 2 / fan_in), not truncated.
-                    kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal"),
+                    kernel_initializer=keras.initializers.VarianceScaling(
+                        2.0, "fan_in", "untruncated_normal", seed=initializer_seed(seed, f"conv{i}")
+                    ),
                     dtype=self.dtype_policy,
                     name=f"conv{i}",
                 )
@@ -96,5 +102,5 @@ class ConvFeatureExtractor(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(feature_layers=[list(layer) for layer in self.feature_layers])
+        config.update(feature_layers=[list(layer) for layer in self.feature_layers], seed=self.seed)
         return config

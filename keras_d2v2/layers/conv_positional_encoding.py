@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_d2v2.layers.conv_decoder import check_conv_impl, same_grouped_conv, torch_default_uniform
+from keras_d2v2.layers.random_state import initializer_seed
 
 
 @keras.saving.register_keras_serializable(package="keras_d2v2")
@@ -22,6 +23,7 @@ class ConvPositionalEncoding(keras.layers.Layer):
         depth: int, `conv_pos_depth` (5).
         groups: int, `conv_pos_groups` (16); must divide D.
         conv_impl: "auto", "native", "grouped_matmul" or "per_group", as in `ConvDecoder1D`.
+        seed: int or None, seed of the initial weights (`None`: Keras' global seed).
 
     Example:
     >>> encoding = ConvPositionalEncoding(width=25, depth=5, groups=4)
@@ -29,7 +31,7 @@ class ConvPositionalEncoding(keras.layers.Layer):
     (2, 49, 48)
     """
 
-    def __init__(self, *, width=95, depth=5, groups=16, conv_impl="auto", **kwargs):
+    def __init__(self, *, width=95, depth=5, groups=16, conv_impl="auto", seed=None, **kwargs):
         super().__init__(**kwargs)
         if int(depth) != depth or depth < 1:
             raise ValueError(f"`depth` must be an integer >= 1, got {depth}.")
@@ -38,19 +40,31 @@ class ConvPositionalEncoding(keras.layers.Layer):
         self.depth = int(depth)
         self.groups = groups
         self.conv_impl = conv_impl
+        self.seed = seed
         self.kernel_size = max(3, width // self.depth)
 
     def build(self, input_shape):
         dim = input_shape[-1]
         if dim % self.groups:
             raise ValueError(f"`groups` ({self.groups}) must divide the frame dimension ({dim}).")
-        init = torch_default_uniform(dim // self.groups * self.kernel_size)
+        fan_in = dim // self.groups * self.kernel_size
         self.kernels, self.biases, self.norms = [], [], []
+        # One initializer per weight: a shared instance holds one seed, so every conv would start equal.
         for i in range(self.depth):
             self.kernels.append(
-                self.add_weight(shape=(self.kernel_size, dim // self.groups, dim), initializer=init, name=f"conv{i}_kernel")
+                self.add_weight(
+                    shape=(self.kernel_size, dim // self.groups, dim),
+                    initializer=torch_default_uniform(fan_in, initializer_seed(self.seed, f"conv{i}_kernel")),
+                    name=f"conv{i}_kernel",
+                )
             )
-            self.biases.append(self.add_weight(shape=(dim,), initializer=init, name=f"conv{i}_bias"))
+            self.biases.append(
+                self.add_weight(
+                    shape=(dim,),
+                    initializer=torch_default_uniform(fan_in, initializer_seed(self.seed, f"conv{i}_bias")),
+                    name=f"conv{i}_bias",
+                )
+            )
             norm = keras.layers.LayerNormalization(
                 epsilon=1e-5, center=False, scale=False, dtype=self.dtype_policy, name=f"norm{i}"
             )
@@ -73,5 +87,5 @@ class ConvPositionalEncoding(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(width=self.width, depth=self.depth, groups=self.groups, conv_impl=self.conv_impl)
+        config.update(width=self.width, depth=self.depth, groups=self.groups, conv_impl=self.conv_impl, seed=self.seed)
         return config

@@ -6,6 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_d2v2.layers.random_state import initializer_seed
+
 
 def sincos_positions_2d(embed_dim, grid_size):
     """Fixed 2-D sin-cos position table in MAE's layout, shape `(grid_size**2, embed_dim)`.
@@ -40,6 +42,7 @@ class PatchEmbedding(keras.layers.Layer):
         patch_size: int, side of a square patch; must divide `image_size`.
         channels: int, number of image channels.
         embed_dim: int, token dimension; must be divisible by 4.
+        seed: int or None, seed of the projection's initial weights (`None`: Keras' global seed).
 
     Example:
     >>> layer = PatchEmbedding(image_size=32, patch_size=4, channels=3, embed_dim=32)
@@ -47,7 +50,7 @@ class PatchEmbedding(keras.layers.Layer):
     (2, 64, 32)
     """
 
-    def __init__(self, *, image_size=224, patch_size=16, channels=3, embed_dim=768, **kwargs):
+    def __init__(self, *, image_size=224, patch_size=16, channels=3, embed_dim=768, seed=None, **kwargs):
         super().__init__(**kwargs)
         if image_size % patch_size:
             raise ValueError(
@@ -57,6 +60,7 @@ class PatchEmbedding(keras.layers.Layer):
         self.patch_size = patch_size
         self.channels = channels
         self.embed_dim = embed_dim
+        self.seed = seed
         self.grid_size = image_size // patch_size
         self.num_patches = self.grid_size**2
         fan_in = patch_size * patch_size * channels
@@ -66,8 +70,12 @@ class PatchEmbedding(keras.layers.Layer):
             embed_dim,
             patch_size,
             strides=patch_size,
-            kernel_initializer=keras.initializers.RandomUniform(-xavier_limit, xavier_limit),
-            bias_initializer=keras.initializers.RandomUniform(-bias_limit, bias_limit),
+            kernel_initializer=keras.initializers.RandomUniform(
+                -xavier_limit, xavier_limit, seed=initializer_seed(seed, "projection_kernel")
+            ),
+            bias_initializer=keras.initializers.RandomUniform(
+                -bias_limit, bias_limit, seed=initializer_seed(seed, "projection_bias")
+            ),
             dtype=self.dtype_policy,
             name="projection",
         )
@@ -96,5 +104,6 @@ class PatchEmbedding(keras.layers.Layer):
             patch_size=self.patch_size,
             channels=self.channels,
             embed_dim=self.embed_dim,
+            seed=self.seed,
         )
         return config

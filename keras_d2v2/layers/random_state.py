@@ -1,8 +1,27 @@
-"""Random-number state: saved with a layer's weights, and distinct per data-parallel replica."""
+"""Random-number state: initial weights fixed by a layer's seed, generator states saved with the
+weights, and draws distinct per data-parallel replica."""
+
+import zlib
 
 import keras
 
 from keras_d2v2.replicas import data_parallel_replica
+
+
+def initializer_seed(seed, weight_name):
+    """Integer seed for the initializer of the weight `weight_name` of a layer seeded `seed`.
+
+    `None` when the layer has no seed: Keras then draws one from its global random state, as for
+    any unseeded initializer. Otherwise the seed is a stable hash of `(seed, weight_name)`, so a
+    model built with a seed starts from the same weights every time and no two of its weights,
+    even of the same shape, start from the same values.
+
+    Example:
+    >>> init = keras.initializers.RandomNormal(stddev=0.02, seed=initializer_seed(7, "fc1"))
+    """
+    if seed is None:
+        return None
+    return zlib.crc32(f"{int(seed)}/{weight_name}".encode()) & 0x7FFFFFFF
 
 
 class SavesRandomState:

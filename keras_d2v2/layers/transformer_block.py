@@ -3,13 +3,14 @@
 import keras
 import numpy as np
 from keras import ops
-from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
+from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState, initializer_seed
 
 
-def bert_init():
-    """N(0, 0.02), the reference's `init_bert_params`. A fresh instance per weight: one shared seeded
-    instance would give every layer of the same shape the same values."""
-    return keras.initializers.RandomNormal(stddev=0.02)
+def bert_init(seed=None):
+    """N(0, 0.02), the reference's `init_bert_params`. A fresh instance per weight, with its own
+    `seed` (`initializer_seed`): one shared seeded instance would give every layer of the same shape
+    the same values."""
+    return keras.initializers.RandomNormal(stddev=0.02, seed=seed)
 
 
 @keras.saving.register_keras_serializable(package="keras_d2v2")
@@ -32,7 +33,7 @@ class TransformerBlock(SavesRandomState, keras.layers.Layer):
         activation_dropout: float, dropout inside the MLP (after GELU and after fc2).
         post_mlp_dropout: float, dropout on the MLP output before the residual.
         drop_path_rate: float, stochastic-depth rate of both residual branches.
-        seed: int or None, seed for the dropout and drop-path draws.
+        seed: int or None, seed of the initial weights and of the dropout and drop-path draws.
 
     Example:
     >>> block = TransformerBlock(num_heads=4)
@@ -79,7 +80,11 @@ class TransformerBlock(SavesRandomState, keras.layers.Layer):
 
         def dense(units, name):
             return keras.layers.Dense(
-                units, kernel_initializer=bert_init(), bias_initializer="zeros", dtype=self.dtype_policy, name=name
+                units,
+                kernel_initializer=bert_init(initializer_seed(self.seed, name)),
+                bias_initializer="zeros",
+                dtype=self.dtype_policy,
+                name=name,
             )
 
         def norm(name):

@@ -14,7 +14,7 @@ from keras_d2v2.layers.conv_feature_extractor import (
     receptive_field,
 )
 from keras_d2v2.layers.conv_positional_encoding import ConvPositionalEncoding
-from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
+from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState, initializer_seed
 from keras_d2v2.layers.transformer_block import encoder_stack
 from keras_d2v2.models.text_encoder import _is_concrete, padding_attention_bias
 
@@ -56,7 +56,7 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
         normalize_waveform: bool, per-utterance normalization inside the model.
         sample_rate: int, the rate the model expects; see `check_sample_rate`.
         contextualize_only: bool, build without the feature extractor and projection (the teacher).
-        seed: int or None, seed for dropout and layerdrop draws.
+        seed: int or None, seed of the initial weights and of the dropout and layerdrop draws.
 
     Example:
     >>> encoder = AudioEncoder(feature_layers=[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2,
@@ -138,7 +138,7 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
 
         if not contextualize_only:
             self.feature_extractor = ConvFeatureExtractor(
-                feature_layers=self.feature_layers, dtype=self.dtype_policy, name="feature_extractor"
+                feature_layers=self.feature_layers, seed=seed, dtype=self.dtype_policy, name="feature_extractor"
             )
             self.feature_norm = keras.layers.LayerNormalization(
                 epsilon=1e-5, dtype=self.dtype_policy, name="feature_norm"
@@ -146,13 +146,13 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
             channels = self.feature_layers[-1][0]
             self.feature_projection = keras.layers.Dense(
                 embed_dim,
-                kernel_initializer=torch_default_uniform(channels),
-                bias_initializer=torch_default_uniform(channels),
+                kernel_initializer=torch_default_uniform(channels, initializer_seed(seed, "feature_projection_kernel")),
+                bias_initializer=torch_default_uniform(channels, initializer_seed(seed, "feature_projection_bias")),
                 dtype=self.dtype_policy,
                 name="feature_projection",
             )
         self.conv_positions = ConvPositionalEncoding(
-            width=conv_pos_width, depth=conv_pos_depth, groups=conv_pos_groups, dtype=self.dtype_policy,
+            width=conv_pos_width, depth=conv_pos_depth, groups=conv_pos_groups, seed=seed, dtype=self.dtype_policy,
             name="conv_positions",
         )
         self.alibi = ALiBiBias(num_heads=num_heads, learned_scale=learned_alibi_scale, name="alibi")

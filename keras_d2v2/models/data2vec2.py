@@ -125,7 +125,9 @@ class Data2Vec2(SavesRandomState, keras.Model):
             `collapse_check_after` updates training stops when the target (prediction) std falls
             below `min_target_var` (`min_pred_var`); 0 disables a check.
         decay_1d_weights: bool, let `compile()` keep weight decay on 1-D weights (see `compile`).
-        seed: int or None, seed of the mask-noise generator.
+        seed: int or None, seed of the mask noise, the decoder-input dropout and the MTO token's
+            initial value. The builders (`Data2Vec2.image(seed=...)`, `from_preset`) also derive the
+            masking, encoder and decoder seeds from their `seed`, so it fixes the initial weights too.
 
     Masked token optimization (MTO; docs/mto.md; all off by default, which is the reference):
         student_mode: "visible_only" (the reference: the student encodes the visible tokens only)

@@ -2,7 +2,7 @@
 
 import keras
 from keras import ops
-from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
+from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState, initializer_seed
 
 from keras_d2v2.layers.patch_embedding import PatchEmbedding
 from keras_d2v2.layers.transformer_block import encoder_stack
@@ -35,7 +35,7 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
         dropout, attention_dropout, activation_dropout, post_mlp_dropout: floats, block dropouts.
         prenet_dropout: float, dropout after the context LayerNorm.
         drop_path_rate: float, stochastic depth rising linearly over all blocks from 0.
-        seed: int or None, seed for dropout draws.
+        seed: int or None, seed of the initial weights and of the dropout draws.
 
     Example:
     >>> encoder = ImageEncoder(image_size=32, patch_size=4, embed_dim=32, depth=2, prenet_depth=1, num_heads=4)
@@ -99,6 +99,7 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
             patch_size=patch_size,
             channels=channels,
             embed_dim=embed_dim,
+            seed=seed,
             dtype=self.dtype_policy,
             name="patch_embedding",
         )
@@ -123,7 +124,7 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
         self.patch_embedding.build((None, self.image_size, self.image_size, self.channels))
         self.cls_token = self.add_weight(
             shape=(1, 1, self.embed_dim),
-            initializer=keras.initializers.RandomNormal(stddev=1.0),
+            initializer=keras.initializers.RandomNormal(stddev=1.0, seed=initializer_seed(self.seed, "cls_token")),
             name="cls_token",
         )
         token_shape = (None, None, self.embed_dim)

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
+from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState, initializer_seed
 from keras_d2v2.layers.transformer_block import bert_init, block_stack
 
 # Added to attention logits at padded keys; finite so that float16 and all-padding rows stay NaN-free.
@@ -62,7 +62,7 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
         embedding_dropout: float, dropout after the embedding LayerNorm.
         drop_path_rate: float, stochastic depth rising linearly over the blocks from 0.
         blocks_only: bool, build only the blocks (the teacher).
-        seed: int or None, seed for dropout draws.
+        seed: int or None, seed of the initial weights and of the dropout draws.
 
     Example:
     >>> encoder = TextEncoder(vocab_size=100, max_positions=32, embed_dim=32, depth=2, num_heads=4)
@@ -155,11 +155,13 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
     def build(self, input_shape=None):
         if not self.blocks_only:
             self.token_embedding = self.add_weight(
-                shape=(self.vocab_size, self.embed_dim), initializer=bert_init(), name="token_embedding"
+                shape=(self.vocab_size, self.embed_dim),
+                initializer=bert_init(initializer_seed(self.seed, "token_embedding")),
+                name="token_embedding",
             )
             self.position_embedding = self.add_weight(
                 shape=(self.max_positions + self.pad_id + 1, self.embed_dim),
-                initializer=bert_init(),
+                initializer=bert_init(initializer_seed(self.seed, "position_embedding")),
                 name="position_embedding",
             )
             self.embedding_norm.build((None, None, self.embed_dim))
