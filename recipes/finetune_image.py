@@ -28,6 +28,7 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 import keras_d2v2  # noqa: E402
 from keras_d2v2.data import load_fashion_mnist, standardize_images  # noqa: E402
@@ -54,14 +55,18 @@ def parse_args():
     parser.add_argument("--drop-path", type=float, default=0.1)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--train-labels", type=int, default=None, help="fine-tune on the first N labelled images only")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, nargs="+", default=[0],
+        help="seed of the head's init, drop path and batch order; several: every row is run with each, the learning "
+        "rate is chosen on the mean validation accuracy and the mean test accuracy over seeds is reported",
+    )
     parser.add_argument("--smoke", action="store_true", help="a few seconds, to check that everything runs")
     return parser.parse_args()
 
 
-def fine_tune(make_encoder, learning_rate, layer_decay, train, evaluate_on, args):
+def fine_tune(make_encoder, learning_rate, layer_decay, train, evaluate_on, seed, args):
     """Fine-tunes a classifier on a fresh `make_encoder()`; returns its top-1 on each of `evaluate_on`."""
-    keras.utils.set_random_seed(args.seed)  # the same head init and batch order for every row
+    keras.utils.set_random_seed(seed)  # the same head init and batch order for every row of a seed
     classifier = keras_d2v2.ImageClassifier(encoder=make_encoder(), num_classes=10)
     first, _ = fine_tuning_accuracy(
         classifier, train, evaluate_on[0], epochs=args.epochs, batch_size=args.batch_size, learning_rate=learning_rate,
@@ -74,7 +79,7 @@ def fine_tune(make_encoder, learning_rate, layer_decay, train, evaluate_on, args
 
 def main():
     args = parse_args()
-    keras.utils.set_random_seed(args.seed)
+    keras.utils.set_random_seed(args.seed[0])
     (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
     select = len(args.learning_rate) > 1
     if select:
@@ -89,7 +94,7 @@ def main():
             x_val, y_val = x_val[:256], y_val[:256]
     if args.smoke and not args.pretrained:
         pretrained = keras_d2v2.Data2Vec2.image(
-            preset="tiny", seed=args.seed, depth=1, prenet_depth=1, top_k=1, decoder_layers=1
+            preset="tiny", seed=args.seed[0], depth=1, prenet_depth=1, top_k=1, decoder_layers=1
         )
     else:
         path = args.pretrained or "runs/pretrain_image.keras"
@@ -104,7 +109,7 @@ def main():
     def random_encoder():
         # A seeded encoder (the presets seed theirs) starts from the pre-training's own initial
         # weights; an unseeded one from the global seed set here, the same at every learning rate.
-        keras.utils.set_random_seed(args.seed + 1)
+        keras.utils.set_random_seed(args.seed[0] + 1)
         config = {**pretrained.encoder.get_config(), "drop_path_rate": args.drop_path, "name": "encoder"}
         encoder = type(pretrained.encoder).from_config(config)
         encoder.build()
@@ -121,22 +126,31 @@ def main():
     rows = []
     for name, make_encoder, decay in encoders:
         for learning_rate in args.learning_rate:
-            start = time.time()
-            accuracies = fine_tune(make_encoder, learning_rate, decay, (x_train, y_train), evaluate_on, args)
-            rows.append((name, decay, learning_rate, accuracies, time.time() - start))
+            for seed in args.seed:
+                start = time.time()
+                accuracies = fine_tune(make_encoder, learning_rate, decay, (x_train, y_train), evaluate_on, seed, args)
+                rows.append((name, decay, learning_rate, seed, accuracies, time.time() - start))
     width = max(len(r[0]) for r in rows)
     print(f"\nFine-tuned top-1 on the Fashion-MNIST test split ({len(x_test)} images)")
-    print(f"{'encoder':<{width}}  layer decay  peak lr  " + ("validation  " if select else "") + "accuracy  time")
-    for name, decay, learning_rate, accuracies, seconds in rows:
-        print(f"{name:<{width}}  {decay:11.2f}  {learning_rate:7.0e}  "
+    print(f"{'encoder':<{width}}  layer decay  peak lr  seed  " + ("validation  " if select else "") + "accuracy  time")
+    for name, decay, learning_rate, seed, accuracies, seconds in rows:
+        print(f"{name:<{width}}  {decay:11.2f}  {learning_rate:7.0e}  {seed:4d}  "
               + "".join(f"{100 * a:9.2f}%  " for a in accuracies) + f"{seconds:4.0f} s")
+    # Each (encoder, learning rate) scored by its mean over seeds; the learning rate by validation.
+    means = {}
+    for name, _, learning_rate, _, accuracies, _ in rows:
+        means.setdefault((name, learning_rate), []).append(accuracies)
+    means = {key: np.mean(runs, axis=0) for key, runs in means.items()}
     best = {}
-    for name, _, learning_rate, accuracies, _ in rows:
+    for (name, learning_rate), accuracies in means.items():
         if name not in best or accuracies[0] > best[name][1][0]:
             best[name] = (learning_rate, accuracies)
+    over = f", mean of {len(args.seed)} seeds" if len(args.seed) > 1 else ""
     if select:
-        print("At each encoder's best validation learning rate: "
+        print(f"At each encoder's best validation learning rate{over}: "
               + "; ".join(f"{name} {100 * acc[-1]:.2f}% (lr {lr:.0e})" for name, (lr, acc) in best.items()))
+    elif over:
+        print(f"Mean of {len(args.seed)} seeds: " + "; ".join(f"{name} {100 * acc[-1]:.2f}%" for name, (_, acc) in best.items()))
     return {name: acc[-1] for name, (_, acc) in best.items()}
 
 
