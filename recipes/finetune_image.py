@@ -66,8 +66,11 @@ def parse_args():
 
 def fine_tune(make_encoder, learning_rate, layer_decay, train, evaluate_on, seed, args):
     """Fine-tunes a classifier on a fresh `make_encoder()`; returns its top-1 on each of `evaluate_on`."""
-    keras.utils.set_random_seed(seed)  # the same head init and batch order for every row of a seed
-    classifier = keras_d2v2.ImageClassifier(encoder=make_encoder(), num_classes=10)
+    encoder = make_encoder()
+    # Seeded after the encoder, whose making may set a seed of its own: the head's init and the
+    # batch order are then those of `seed`, the same for every row of that seed.
+    keras.utils.set_random_seed(seed)
+    classifier = keras_d2v2.ImageClassifier(encoder=encoder, num_classes=10)
     first, _ = fine_tuning_accuracy(
         classifier, train, evaluate_on[0], epochs=args.epochs, batch_size=args.batch_size, learning_rate=learning_rate,
         warmup_epochs=args.warmup_epochs, layer_decay=layer_decay, label_smoothing=args.label_smoothing,

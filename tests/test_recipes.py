@@ -46,6 +46,10 @@ def test_pretrain_and_finetune_image_smoke(tmp_path):
     )
     assert "Fine-tuned top-1" in result.stdout
     assert "At each encoder's best validation learning rate, mean of 2 seeds" in result.stdout
+    # Each seed is its own run: the random-init rows of seed 0 and seed 1 must not be copies.
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("random init ")]
+    by_seed = {seed: [row[-4:-2] for row in rows if row[-5] == seed] for seed in ("0", "1")}
+    assert len(by_seed["0"]) == len(by_seed["1"]) == 2 and by_seed["0"] != by_seed["1"], rows
     assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
 
 
