@@ -13,7 +13,7 @@ What:      the reference's image fine-tuning (mae_image_classification): the stu
 Command:   make finetune   (= KERAS_BACKEND=torch .venv/bin/python recipes/finetune_image.py), after
            `make pretrain` has written runs/pretrain_image.keras (or pass --pretrained PATH).
            The comparison of docs/results.md: 2,000 labels, each encoder at its best rate, 3 seeds:
-           recipes/finetune_image.py --train-labels 2000 --batch-size 128 --epochs 30 --warmup-epochs 3 \
+           recipes/finetune_image.py --train-labels 2000 --batch-size 128 --epochs 30 --warmup-epochs 3 \\
                --learning-rate 1e-3 3e-3 1e-2 --seed 0 1 2
 Hardware:  2 CPU cores, no accelerator. Any backend: set KERAS_BACKEND=jax|tensorflow|torch.
 Time:      the default ~9 min with PyTorch on 2 cores (3 epochs x 235 steps per row, ~0.35 s/step, on a
@@ -61,8 +61,9 @@ def parse_args():
     parser.add_argument("--train-labels", type=int, default=None, help="fine-tune on the first N labelled images only")
     parser.add_argument(
         "--seed", type=int, nargs="+", default=[0],
-        help="seed of the head's init, drop path and batch order; several: every row is run with each, the learning "
-        "rate is chosen on the mean validation accuracy and the mean test accuracy over seeds is reported",
+        help="seed of the head's init and the batch order (a seeded encoder, as the presets make, draws its drop "
+        "path from its own seed); several: every row is run with each, the learning rate is chosen on the mean "
+        "validation accuracy and the mean test accuracy over seeds is reported",
     )
     parser.add_argument("--smoke", action="store_true", help="a few seconds, to check that everything runs")
     return parser.parse_args()
