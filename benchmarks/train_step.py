@@ -12,10 +12,13 @@ A step's time is the interval between two consecutive `on_train_batch_end` callb
 the step's logs exist on the host (Keras converts them to Python floats before the callbacks, so
 the step has finished on the device). The first `--warmup` steps (the compiling one included)
 are left out; `step_ms` is the median of the rest (p10/p90/mean beside it), and compile seconds are the time
-from the `fit()` call to the end of the first step, less one step. `--guard off` replaces the
-package's `TrainingGuard` with one that skips its per-step loss check, so nothing syncs the loop
-each step; batch ends are then stamped on Keras' callback threads and `step_ms` is the mean over
-the timed window (`step_ms_is` says which).
+from the `fit()` call to the end of the first step, less one step. The package's `TrainingGuard`
+reads the loss of every step; it is async-safe, so on JAX and PyTorch Keras does that on its
+callback thread and keeps dispatching steps. Batch ends are then stamped on that thread, single
+intervals jitter, and `step_ms` is the mean over the timed window (`step_ms_is` says which:
+the median where the loop was synchronous). `--guard sync` runs the guard on the main thread after
+every step (as before it was async-safe: what that sync costs); `--guard off` drops its per-step
+check altogether.
 
     KERAS_BACKEND is set from --backend; run from the repository root:
     .venv/bin/python -u benchmarks/train_step.py --backend jax --config tiny --steps 10
@@ -39,7 +42,7 @@ Experiments (what a change in the package would give, measured without editing i
 `--decoder-conv` picks the decoder's `conv_impl` or patches in an alternative grouped conv
 (`shifted`: one grouped matmul per kernel tap; `torch_channels_last`: `F.conv2d` on the NHWC
 tensor's channels-last view), `--cudnn-benchmark` turns on cuDNN's algorithm search (PyTorch),
-`--guard off` as above, `--jit-compile true` (torch.compile on PyTorch), `--data numpy`.
+`--guard sync|off` as above, `--jit-compile true` (torch.compile on PyTorch), `--data numpy`.
 
 A config is a small function in CONFIGS that returns a `Bench`: the built model, the default batch
 size, a function making one input batch, and a function giving the model FLOPs of one step.
@@ -52,6 +55,7 @@ import os
 import platform
 import resource
 import sys
+import threading
 import time
 from typing import Callable
 
@@ -386,31 +390,36 @@ def _timer_callback():
     class StepTimer(keras.callbacks.Callback):
         """Host time at which each step's logs were available (so the step had finished)."""
 
-        # Without other per-batch callbacks (--guard off) Keras then dispatches batch ends to a
-        # thread and keeps the step loop asynchronous; each end still waits for its own logs.
+        # With the other callbacks async-safe too, Keras then dispatches batch ends to a thread and
+        # keeps the step loop asynchronous; each end still waits for its own logs.
         async_safe = True
 
         def __init__(self):
             super().__init__()
             self.ends = []
             self.last_logs = {}
+            self.on_main_thread = True
 
         def on_train_batch_end(self, batch, logs=None):
             self.ends.append((batch, time.perf_counter()))
             self.last_logs = dict(logs or {})
+            self.on_main_thread &= threading.current_thread() is threading.main_thread()
 
     return StepTimer()
 
 
-def _passive_guard():
-    """A `TrainingGuard` with no per-batch check (for `--guard off`: what the per-step sync costs)."""
+def _guard(mode):
+    """The guard `--guard` passes to `fit()`, which otherwise adds the package's own ("on")."""
     import keras
     from keras_d2v2.callbacks import TrainingGuard
 
     class EpochEndGuard(TrainingGuard):
         on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
 
-    return EpochEndGuard()
+    class SynchronousGuard(TrainingGuard):
+        async_safe = False
+
+    return {"on": [], "off": [EpochEndGuard()], "sync": [SynchronousGuard()]}[mode]
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -513,7 +522,7 @@ def run_bench(args):
     num_steps = args.warmup + args.steps
     x, fit_kwargs = make_dataset(batch, num_steps, args.data)
     timer = _timer_callback()
-    callbacks = [timer] + ([_passive_guard()] if args.guard == "off" else [])
+    callbacks = [timer] + _guard(args.guard)
     reset_peak_memory()
     fit_start = time.perf_counter()
     model.fit(x, epochs=1, verbose=0, callbacks=callbacks, **fit_kwargs)
@@ -521,9 +530,9 @@ def run_bench(args):
     if len(ends) != num_steps:
         raise RuntimeError(f"Expected {num_steps} steps, timed {len(ends)}.")
     steps_ms = 1000 * np.diff(ends)[args.warmup - 1 :]  # durations of steps warmup .. warmup + steps - 1
-    # With --guard off no callback syncs the main loop: batch ends are stamped on Keras' callback
-    # threads, so single intervals jitter while the window's mean stays exact; report that.
-    statistic = "mean" if args.guard == "off" else "median"
+    # Batch ends stamped on Keras' callback thread jitter one by one while the window's mean stays
+    # exact; report that.
+    statistic = "median" if timer.on_main_thread else "mean"
     step_ms = float(np.mean(steps_ms) if statistic == "mean" else np.median(steps_ms))
     first_step_s = ends[0] - fit_start
     flops = bench.flops(model, batch_size)
@@ -630,7 +639,7 @@ def profile(model, batch, args):
     backend = backend_name()
     steps = args.profile
     x, fit_kwargs = make_dataset(batch, steps, args.data)
-    callbacks = [_passive_guard()] if args.guard == "off" else []
+    callbacks = _guard(args.guard)
     if backend == "jax":
         import glob
         import gzip
@@ -711,8 +720,9 @@ def parse_args(argv=None):
                         help="Model.compile(jit_compile=...): XLA on jax/tensorflow, torch.compile on torch")
     parser.add_argument("--data", choices=("device", "numpy"), default="device",
                         help="device: one batch kept on the device; numpy: an in-memory array through Keras' adapter")
-    parser.add_argument("--guard", choices=("on", "off"), default="on",
-                        help="off: TrainingGuard without its per-step loss check (shows what the per-step sync costs)")
+    parser.add_argument("--guard", choices=("on", "sync", "off"), default="on",
+                        help="on: the package's async-safe TrainingGuard; sync: the same check on the main thread "
+                             "after every step; off: no per-step check")
     parser.add_argument("--decoder-conv", choices=("auto", "native", "grouped_matmul", "per_group") + tuple(DECODER_CONVS),
                         default=None, help="experiment: the decoder's conv_impl, or an alternative patched in")
     parser.add_argument("--cudnn-benchmark", action="store_true",

@@ -66,7 +66,21 @@ class TrainingGuard(keras.callbacks.Callback):
     `min_target_var`, or `pred_var` below `min_pred_var`. Arguments left as None use the model's
     settings (`Data2Vec2(min_target_var=..., min_pred_var=..., collapse_check_after=...)`).
     `Data2Vec2.fit()` adds one when none is passed.
+
+    Reading the loss waits for its step to finish. The guard is therefore `async_safe`: on the
+    backends where Keras allows it (JAX, PyTorch), and when no other callback needs the batch end
+    on the main thread, Keras runs the check on its callback thread while the next step is
+    dispatched. An error raised there reaches `fit()` at a later batch end, and always before any
+    callback's `on_epoch_end`, so a diverged epoch is still never checkpointed. Any other callback
+    with a batch-end hook that is not async-safe (`BackupAndRestore`, `ModelCheckpoint`, most user
+    callbacks) keeps the whole loop synchronous: the check then runs on the main thread, before
+    that callback, at every batch.
     """
+
+    # The batch-end check must then never read `self.model`: on JAX that property writes the step's
+    # state back into the model's variables, from the callback thread, while the main thread has
+    # already donated those buffers to the next step.
+    async_safe = True
 
     def __init__(self, *, min_target_var=None, min_pred_var=None, check_after=None):
         super().__init__()
@@ -74,12 +88,16 @@ class TrainingGuard(keras.callbacks.Callback):
         self.min_pred_var = min_pred_var
         self.check_after = check_after
 
-    def _setting(self, own, name):
-        return own if own is not None else getattr(self.model, name)
-
     def on_train_begin(self, logs=None):
-        self._step = int(keras.ops.convert_to_numpy(self.model.num_updates))
+        model = self.model
+        self._step = int(keras.ops.convert_to_numpy(model.num_updates))
         self._epoch_start = self._step
+        self._trained_model = model
+        self._check_after = model.collapse_check_after if self.check_after is None else self.check_after
+        self._min_vars = (
+            ("target_var", model.min_target_var if self.min_target_var is None else self.min_target_var),
+            ("pred_var", model.min_pred_var if self.min_pred_var is None else self.min_pred_var),
+        )
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = self._step
@@ -104,20 +122,17 @@ class TrainingGuard(keras.callbacks.Callback):
         self._step = self._epoch_start + batch + 1
         loss = float(logs.get("loss", 0.0))
         if not math.isfinite(loss):
-            self.model.stop_training = True
+            self._trained_model.stop_training = True
             raise TrainingDiverged(
                 f"The loss became {loss} at update {self._step} (mean over the epoch so far). Lower the "
                 "learning rate, clip gradients (`global_clipnorm`), or check the inputs for NaN/inf."
             )
-        if self._step <= self._setting(self.check_after, "collapse_check_after"):
+        if self._step <= self._check_after:
             return
-        for metric, threshold in (
-            ("target_var", self._setting(self.min_target_var, "min_target_var")),
-            ("pred_var", self._setting(self.min_pred_var, "min_pred_var")),
-        ):
+        for metric, threshold in self._min_vars:
             value = float(logs.get(metric, math.inf))
             if threshold and value < threshold:
-                self.model.stop_training = True
+                self._trained_model.stop_training = True
                 what = "teacher targets" if metric == "target_var" else "student predictions"
                 raise RepresentationCollapse(
                     f"The {what} collapsed at update {self._step}: {metric}={value:.4g} < {threshold}. "

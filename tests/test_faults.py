@@ -1,5 +1,7 @@
 """Faults during training: the guard stops the run and the last checkpoint on disk stays good."""
 
+import threading
+
 import keras
 import numpy as np
 import pytest
@@ -80,3 +82,53 @@ def test_non_finite_weights_at_epoch_end_stop_before_any_checkpoint():
     with pytest.raises(TrainingDiverged, match=rf"`{variable.path}` holds NaN or inf at the end of epoch 1"):
         guard.on_epoch_end(0)
     assert model.stop_training
+
+
+def test_the_guard_keeps_the_step_loop_asynchronous_and_still_stops_before_the_epoch_ends():
+    class BatchEndThreads(keras.callbacks.Callback):
+        async_safe = True
+
+        def __init__(self):
+            super().__init__()
+            self.threads = set()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.threads.add(threading.current_thread())
+
+    class SynchronousBatchEnd(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+    class ModelReadThreads(TrainingGuard):
+        def __init__(self):
+            super().__init__()
+            self.threads = set()
+
+        @property
+        def model(self):
+            self.threads.add(threading.current_thread())
+            return super().model
+
+    x = np.random.default_rng(1).normal(size=(16, 32, 32, 3)).astype("float32")
+    threads, guard = BatchEndThreads(), ModelReadThreads()
+    concurrent = tiny()
+    concurrent.fit(x, batch_size=2, epochs=2, verbose=0, shuffle=False, callbacks=[guard, threads])
+    # Keras dispatches batch ends to a thread only where its backend is thread-safe, and only when
+    # every callback, the guard included, is async-safe.
+    asynchronous = keras.backend.backend() in ("jax", "torch")
+    assert (threading.main_thread() not in threads.threads) == asynchronous
+    # On JAX, reading `callback.model` writes the step's state back into the variables: from the
+    # callback thread it would write buffers that the next step has already been given.
+    assert guard.threads == {threading.main_thread()}
+    synchronous = tiny()
+    synchronous.fit(x, batch_size=2, epochs=2, verbose=0, shuffle=False, callbacks=[SynchronousBatchEnd()])
+    for a, b in zip(state(concurrent), state(synchronous)):
+        np.testing.assert_array_equal(a, b)
+
+    faulted = tiny()
+    recorder = EpochEndState()
+    x = images()
+    x[2, 0, 0, 0] = np.nan
+    with pytest.raises(TrainingDiverged, match="became nan at update 2"):
+        faulted.fit(x, batch_size=2, epochs=2, verbose=0, shuffle=False, callbacks=[BatchEndThreads(), recorder])
+    assert recorder.states == []  # the error was raised before the first epoch's end
