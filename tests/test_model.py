@@ -240,3 +240,44 @@ def test_keras_file_loads_on_every_other_backend(tmp_path, other):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"loaded on {other}" in result.stdout
+
+
+def saved_for_backward(fn, source):
+    """Arrays that differentiating `fn(source)` with respect to `source` keeps from the forward pass
+    (PyTorch: tensors saved by autograd; JAX: the VJP's residuals). TensorFlow does not expose
+    them: there the list holds the gradient when the tape recorded a path, and is empty otherwise."""
+    if BACKEND == "torch":
+        import torch
+
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            fn(source)
+        return saved
+    if BACKEND == "jax":
+        import jax
+
+        _, vjp = jax.vjp(fn, source)
+        return jax.tree_util.tree_leaves(vjp)
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(source)
+        out = fn(source)
+    gradient = tape.gradient(out, source)
+    return [] if gradient is None else [gradient]
+
+
+def test_the_teacher_keeps_nothing_for_the_backward_pass():
+    # Text (like audio) feeds the student's own local features to the teacher: the one path along
+    # which the teacher's activations could be kept for the student's gradient. PyTorch records
+    # the teacher unless its input is detached; JAX and TensorFlow keep nothing while either the
+    # input or the targets are behind a stop-gradient (this test fails without both).
+    model = Data2Vec2.text(preset="tiny_test", seed=0)
+    tokens = (4 + np.arange(32).reshape(2, 16) % 95).astype("int32")
+    model(tokens)
+    local_features = model.encoder.embed(tokens)
+    if BACKEND == "torch":
+        assert local_features.requires_grad
+    assert saved_for_backward(lambda x: model.teacher_targets(tokens, x), local_features) == []
+    # The same teacher blocks without the model's stop-gradient would keep their activations.
+    assert saved_for_backward(lambda x: model.teacher.encode(x, training=False)[0], local_features) != []
