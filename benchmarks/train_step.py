@@ -345,6 +345,17 @@ def peak_memory_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
+def variable_bytes(variables):
+    """Bytes held by `variables` (weights, EMA teacher, optimizer slots, counters)."""
+    import keras
+
+    def itemsize(variable):
+        dtype = keras.backend.standardize_dtype(variable.dtype)
+        return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+
+    return sum(_numel(v) * itemsize(v) for v in variables)
+
+
 def to_device(array):
     """`array` as the backend's own tensor on the default device (GPU if there is one)."""
     backend = backend_name()
@@ -539,6 +550,7 @@ def run_bench(args):
     tflops = flops["total"] / 1e12
     achieved = tflops / (step_ms / 1000)
     loss = timer.last_logs.get("loss")
+    peak_bytes, state_bytes = peak_memory_bytes(), variable_bytes(model.variables + model.optimizer.variables)
     result = {
         "backend": backend_name(),
         "config": args.config,
@@ -554,8 +566,10 @@ def run_bench(args):
         "warmup_steps": args.warmup,
         "compile_s": round(first_step_s - step_ms / 1000, 2),
         "build_s": round(build_s, 2),
-        "peak_mem_gib": round(peak_memory_bytes() / 2**30, 3),
+        "peak_mem_gib": round(peak_bytes / 2**30, 3),
         "peak_mem_kind": "device" if on_gpu() else "host_rss",
+        "state_mem_gib": round(state_bytes / 2**30, 3),
+        "peak_mem_mib_per_sample": round((peak_bytes - state_bytes) / batch_size / 2**20, 1),
         "device": device_string(),
         "model_tflops_per_step": _sig(tflops),
         "achieved_tflops": _sig(achieved),

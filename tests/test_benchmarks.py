@@ -1,4 +1,5 @@
-"""benchmarks/mto_efficiency.py: its summary arithmetic on known curves, and its --smoke mode end to end."""
+"""benchmarks/: mto_efficiency.py's summary arithmetic on known curves and its --smoke mode end to end;
+train_step.py on a tiny config."""
 
 import importlib.util
 import json
@@ -11,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_python
 from keras_d2v2.data import FASHION_MNIST_DIR
 
 
@@ -122,3 +123,21 @@ def test_mto_efficiency_smoke(tmp_path):
         assert math.isfinite(m["final"]["mean"]) and math.isfinite(m["relative_auc"]["mean"])
     assert math.isfinite(mto["seconds_per_epoch"]["mean"]) and math.isfinite(mto["seconds_per_epoch_vs_baseline"])
     assert "Efficiency against the baseline" in result.stdout
+
+
+def test_train_step_benchmark_on_the_active_backend():
+    backend = keras.backend.backend()
+    result = run_python(
+        [str(REPO / "benchmarks" / "train_step.py"), "--backend", backend, "--config", "tiny", "--steps", "3", "--warmup", "1"],
+        env=dict(os.environ, KERAS_BACKEND=backend),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    row = json.loads(line)
+    assert (row["backend"], row["config"], row["batch"], row["timed_steps"]) == (backend, "tiny", 8, 3)
+    # Keras reads the guard's loss on a callback thread where it can (JAX, PyTorch); the figure is
+    # then the window's mean, as single steps stamped there jitter.
+    assert row["step_ms_is"] == ("median" if backend == "tensorflow" else "mean")
+    assert row["samples_per_s"] == pytest.approx(8000 / row["step_ms"], rel=0.01)
+    assert math.isfinite(row["loss"]) and row["model_tflops_per_step"] > 0
+    assert 0 < row["state_mem_gib"] < row["peak_mem_gib"] and row["peak_mem_mib_per_sample"] > 0
