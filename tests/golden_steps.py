@@ -13,6 +13,12 @@ from keras_d2v2.convert import fairseq_weight_names, load_fairseq_weights
 # cancel differs by up to 1.3e-6 (measured: TF/JAX/torch). Weights after a step therefore get an
 # absolute floor of 2e-6, 0.2% of one update at the image fixture's learning rate of 1e-3.
 WEIGHT_ATOL = 2e-6
+# At the first step Adam moves an element by about lr * g / (|g| + eps), eps = 1e-8. Where the
+# gradient has cancelled down to float32 round-off (|g| ~ eps; in the image fixture 2e-8 against an
+# RMS of 1e-3), that move is set by the round-off of each implementation: 6 % of it differed
+# between PyTorch on an AVX2 CPU and the reference. Such elements are held to within their
+# reference update (plus the floor) instead; every other element keeps the floor.
+CANCELLED_GRADIENT = 1e-7
 
 
 def weights(golden, prefix):
@@ -56,15 +62,32 @@ def train_one_step(model, golden, step, x):
     assert_close(history.history["pred_var"][0], golden[f"step{step}/log/pred_var"], name="pred_var")
 
 
+def weight_tolerance(golden, step, name, transform, atol):
+    """`atol`, or per element where the step's reference gradient cancelled to round-off: the
+    reference's own update of that element plus `atol` (see CANCELLED_GRADIENT)."""
+    if f"step{step}/grad/{name}" not in golden:
+        return atol
+    gradient = transform(golden[f"step{step}/grad/{name}"]) / float(golden[f"step{step}/sample_size"])
+    before = golden[f"step{step - 1}/after/student/{name}" if step else f"init/student/{name}"]
+    update = np.abs(transform(golden[f"step{step}/after/student/{name}"]) - transform(before))
+    return np.where(np.abs(gradient) < CANCELLED_GRADIENT, update + atol, atol)
+
+
 def check_after_step(model, golden, step, atol=WEIGHT_ATOL):
     student_names, teacher_names = fairseq_weight_names(model)
     for name, ref in weights(golden, f"step{step}/after/student/").items():
         variable, transform = student_names[name]
-        assert_close(variable, transform(ref), atol=atol, name=f"student {name}")
+        tolerance = weight_tolerance(golden, step, name, transform, atol)
+        assert_close(variable, transform(ref), atol=tolerance, name=f"student {name}")
     model.sync_teacher()
     for name, ref in weights(golden, f"step{step}/after/teacher/").items():
         variable, transform = teacher_names[name]
-        assert_close(variable, transform(ref), atol=atol, name=f"teacher {name}")
+        # The teacher takes (1 - decay) of the student's step: the student's tolerance bounds it
+        # (where the reference names the two alike; its text teacher's blocks are named apart).
+        tolerance = atol
+        if name in student_names:
+            tolerance = weight_tolerance(golden, step, name, student_names[name][1], atol)
+        assert_close(variable, transform(ref), atol=tolerance, name=f"teacher {name}")
 
 
 def run_two_steps(model, golden, step_inputs, check_forward, weight_atol=WEIGHT_ATOL):
