@@ -125,6 +125,10 @@ def test_mto_efficiency_smoke(tmp_path):
     assert "Efficiency against the baseline" in result.stdout
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch" and not os.environ.get("KERAS_D2V2_RECIPES_ON_EVERY_BACKEND"),
+    reason="runs on PyTorch, to keep CI short (KERAS_D2V2_RECIPES_ON_EVERY_BACKEND=1 runs it on this backend)",
+)
 def test_train_step_benchmark_on_the_active_backend():
     backend = keras.backend.backend()
     result = run_python(

@@ -107,19 +107,15 @@ def test_the_guard_keeps_the_step_loop_asynchronous_and_still_stops_before_the_e
             self.threads.add(threading.current_thread())
             return super().model
 
-    threads, guard = BatchEndThreads(), ModelReadThreads()
-    tiny().fit(images(), batch_size=2, epochs=1, verbose=0, callbacks=[guard, threads])
-    # Keras dispatches batch ends to a thread only when every callback, the guard included, is
-    # async-safe.
-    assert threading.main_thread() not in threads.threads
-    # On JAX, reading `callback.model` writes the step's state back into the variables: from the
-    # callback thread it would write buffers that the next step has already been given.
-    assert guard.threads == {threading.main_thread()}
-
-    faulted = tiny()
-    recorder = EpochEndState()
+    threads, guard, recorder = BatchEndThreads(), ModelReadThreads(), EpochEndState()
     x = images()
     x[2, 0, 0, 0] = np.nan
     with pytest.raises(TrainingDiverged, match="became nan at update 2"):
-        faulted.fit(x, batch_size=2, epochs=2, verbose=0, shuffle=False, callbacks=[BatchEndThreads(), recorder])
+        tiny().fit(x, batch_size=2, epochs=2, verbose=0, shuffle=False, callbacks=[guard, threads, recorder])
     assert recorder.states == []  # the error was raised before the first epoch's end
+    # Keras dispatches batch ends to a thread only when every callback, the guard included, is
+    # async-safe.
+    assert threads.threads and threading.main_thread() not in threads.threads
+    # On JAX, reading `callback.model` writes the step's state back into the variables: from the
+    # callback thread it would write buffers that the next step has already been given.
+    assert guard.threads == {threading.main_thread()}

@@ -256,7 +256,7 @@ def saved_for_backward(fn, source):
     if BACKEND == "jax":
         import jax
 
-        _, vjp = jax.vjp(fn, source)
+        _, vjp = jax.vjp(jax.jit(fn), source)
         return jax.tree_util.tree_leaves(vjp)
     import tensorflow as tf
 
