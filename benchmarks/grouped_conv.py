@@ -1,5 +1,7 @@
 """Forward+backward time of the decoder's grouped conv: native `ops.conv`, `grouped_conv2d_matmul`, and
-`grouped_conv2d_per_group`.
+`grouped_conv2d_per_group`, each over an input padded beforehand, and for odd kernels `native_same` and
+`per_group_same`: the same convs padding their own (unpadded) input, which is what the decoder runs
+(`per_group_same` on XLA:CPU, `native_same` elsewhere).
 
 Why it exists: on CPU, XLA's gradient of a grouped convolution made the conv decoder dominate the
 data2vec 2.0 step on JAX and TensorFlow; `ConvDecoder2D(conv_impl="auto")` uses the per-group form
@@ -24,6 +26,14 @@ from keras_d2v2.layers.conv_decoder import grouped_conv2d_matmul, grouped_conv2d
 
 def native(x, kernel, groups):
     return ops.conv(x, kernel, padding="valid")
+
+
+def native_same(x, kernel, groups):
+    return ops.conv(x, kernel, padding="same")
+
+
+def per_group_same(x, kernel, groups):
+    return grouped_conv2d_per_group(x, kernel, groups, padding="same")
 
 
 def grad_function(fn, groups):
@@ -66,15 +76,20 @@ def main():
     rng = np.random.default_rng(0)
     padded = args.side + args.kernel - 1
     x = rng.normal(size=(args.batch, padded, padded, args.channels)).astype("float32")
+    before = args.kernel // 2
+    unpadded = np.ascontiguousarray(x[:, before : before + args.side, before : before + args.side])
     k = rng.normal(size=(args.kernel, args.kernel, args.channels // args.groups, args.channels)).astype("float32")
+    impls = [("native", native, x), ("grouped_matmul", grouped_conv2d_matmul, x), ("per_group", grouped_conv2d_per_group, x)]
+    if args.kernel % 2:
+        impls += [("native_same", native_same, unpadded), ("per_group_same", per_group_same, unpadded)]
     results = {}
-    for name, fn in (("native", native), ("grouped_matmul", grouped_conv2d_matmul), ("per_group", grouped_conv2d_per_group)):
+    for name, fn, inputs in impls:
         run = grad_function(fn, args.groups)
-        run(x, k)
+        run(inputs, k)
         times = []
         for _ in range(args.runs):
             start = time.perf_counter()
-            run(x, k)
+            run(inputs, k)
             times.append(time.perf_counter() - start)
         results[name] = 1000 * float(np.median(times))
     for name, ms in results.items():
