@@ -87,6 +87,7 @@ def test_non_finite_weights_at_epoch_end_stop_before_any_checkpoint():
 def test_the_guard_keeps_the_step_loop_asynchronous_and_still_stops_before_the_epoch_ends():
     if keras.backend.backend() == "tensorflow":
         pytest.skip("Keras runs every callback on the main thread on TensorFlow (not thread-safe).")
+
     class BatchEndThreads(keras.callbacks.Callback):
         async_safe = True
 

@@ -271,7 +271,7 @@ def test_the_teacher_keeps_nothing_for_the_backward_pass():
     # Text (like audio) feeds the student's own local features to the teacher: the one path along
     # which the teacher's activations could be kept for the student's gradient. PyTorch records
     # the teacher unless its input is detached; JAX and TensorFlow keep nothing while either the
-    # input or the targets are behind a stop-gradient (this test fails without both).
+    # input or the targets are behind a stop-gradient (this test fails with both removed).
     model = Data2Vec2.text(preset="tiny_test", seed=0)
     tokens = (4 + np.arange(32).reshape(2, 16) % 95).astype("int32")
     model(tokens)
