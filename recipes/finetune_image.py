@@ -32,11 +32,10 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 import keras_d2v2  # noqa: E402
 from keras_d2v2.data import load_fashion_mnist, standardize_images  # noqa: E402
-from keras_d2v2.evaluation import fine_tuning_accuracy  # noqa: E402
+from keras_d2v2.evaluation import fine_tuning_accuracy, pick_learning_rates  # noqa: E402
 
 
 def parse_args():
@@ -144,15 +143,7 @@ def main():
     for name, decay, learning_rate, seed, accuracies, seconds in rows:
         print(f"{name:<{width}}  {decay:11.2f}  {learning_rate:7.0e}  {seed:4d}  "
               + "".join(f"{100 * a:9.2f}%  " for a in accuracies) + f"{seconds:4.0f} s")
-    # Each (encoder, learning rate) scored by its mean over seeds; the learning rate by validation.
-    means = {}
-    for name, _, learning_rate, _, accuracies, _ in rows:
-        means.setdefault((name, learning_rate), []).append(accuracies)
-    means = {key: np.mean(runs, axis=0) for key, runs in means.items()}
-    best = {}
-    for (name, learning_rate), accuracies in means.items():
-        if name not in best or accuracies[0] > best[name][1][0]:
-            best[name] = (learning_rate, accuracies)
+    best = pick_learning_rates((name, learning_rate, accuracies) for name, _, learning_rate, _, accuracies, _ in rows)
     over = f", mean of {len(args.seed)} seeds" if len(args.seed) > 1 else ""
     if select:
         print(f"At each encoder's best validation learning rate{over}: "

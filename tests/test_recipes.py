@@ -6,7 +6,7 @@ import keras
 import pytest
 
 from conftest import REPO, run_python, virtual_devices_env
-from keras_d2v2.data import FASHION_MNIST_DIR, PYTHON_DOCS_DIR
+from keras_d2v2.data import DOC_SECTIONS, FASHION_MNIST_DIR, PYTHON_DOCS_DIR
 from keras_d2v2.data.audio import ASTERISK_SOUNDS_DIR, ASTERISK_VOICES
 
 
@@ -71,10 +71,17 @@ def test_pretrain_and_finetune_text_smoke(tmp_path):
     model = keras.saving.load_model(tmp_path / "m.keras")
     tokenizer.check_model(model)
     assert tuple(model.encoder(tokenizer.encode(["def f(x): return x"])).shape)[-1] == model.encoder.embed_dim
-    # The fine-tuning recipe takes the model and the tokenizer beside it.
-    result = run_smoke("finetune_text", tmp_path, ["--pretrained", str(tmp_path / "m.keras")])
+    # The fine-tuning recipe takes the model and the tokenizer beside it; with two learning rates it
+    # holds out validation documents and picks each encoder's rate on their blocks.
+    result = run_smoke(
+        "finetune_text", tmp_path, ["--pretrained", str(tmp_path / "m.keras"), "--learning-rate", "1e-4", "1e-3"]
+    )
     assert "Fine-tuned top-1: section of a block" in result.stdout
-    assert "random init" in result.stdout and "data2vec 2.0 pre-trained" in result.stdout
+    assert "Test top-1 at each encoder's best validation learning rate: data2vec 2.0 pre-trained" in result.stdout
+    validation_blocks = int(result.stdout.split(" validation blocks")[0].rsplit(" ", 1)[-1])
+    assert validation_blocks >= len(DOC_SECTIONS), result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("random init ", "data2vec 2.0 pre-trained "))]
+    assert len(rows) == 4, rows
 
 
 @smoke_backend

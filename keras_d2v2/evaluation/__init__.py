@@ -1,3 +1,3 @@
-from keras_d2v2.evaluation.fine_tuning import fine_tuning_accuracy
+from keras_d2v2.evaluation.fine_tuning import fine_tuning_accuracy, pick_learning_rates
 from keras_d2v2.evaluation.knn import encoder_features, knn_accuracy
 from keras_d2v2.evaluation.linear_probe import linear_probe_accuracy

@@ -1,4 +1,4 @@
-"""Fine-tuning evaluation: train a whole classifier on labels, report test top-1."""
+"""Fine-tuning evaluation: train a whole classifier on labels, report test top-1, pick learning rates on validation."""
 
 import keras
 import numpy as np
@@ -64,3 +64,34 @@ def fine_tuning_accuracy(
     history = classifier.fit(train[0], one_hot, batch_size=batch_size, epochs=epochs, verbose=verbose)
     logits = classifier.predict(test[0], batch_size=max(batch_size, 256), verbose=0)
     return float((logits.argmax(-1) == np.asarray(test[1])).mean()), history
+
+
+def pick_learning_rates(runs):
+    """Each encoder's learning rate, chosen on validation: the model selection of the fine-tuning recipes.
+
+    Args:
+        runs: iterable of `(encoder, learning_rate, accuracies)`, one per fine-tuning run, where
+            `accuracies` is a sequence whose first entry is measured on validation data (the choice
+            is made on it alone) and whose other entries are on test sets. Runs of the same encoder
+            and rate (one per seed, say) are averaged entry by entry before the choice.
+
+    Returns:
+        dict `{encoder: (learning_rate, mean_accuracies)}`, encoders in order of first appearance:
+        the rate with the highest mean validation accuracy (the earliest listed, on a tie) and the
+        means of every entry over that rate's runs.
+
+    Example:
+    >>> runs = [("pre-trained", 1e-3, [0.80, 0.79]), ("pre-trained", 3e-3, [0.83, 0.81]),
+    ...         ("pre-trained", 3e-3, [0.81, 0.80])]
+    >>> pick_learning_rates(runs)["pre-trained"][0]
+    0.003
+    """
+    grouped = {}
+    for encoder, learning_rate, accuracies in runs:
+        grouped.setdefault(encoder, {}).setdefault(learning_rate, []).append(np.asarray(accuracies, float))
+    picked = {}
+    for encoder, by_rate in grouped.items():
+        means = {rate: np.mean(np.stack(runs_at_rate), axis=0) for rate, runs_at_rate in by_rate.items()}
+        best = max(means, key=lambda rate: means[rate][0])  # max() keeps the first of equal keys
+        picked[encoder] = (best, means[best])
+    return picked
