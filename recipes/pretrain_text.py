@@ -12,11 +12,11 @@ Split:     every 5th document of each section (by sorted path) is held out for t
            the tokenizer and the pre-training see only the other documents.
 Command:   KERAS_BACKEND=torch .venv/bin/python recipes/pretrain_text.py
 Hardware:  2 CPU cores, no accelerator. Any backend: set KERAS_BACKEND=jax|tensorflow|torch.
-Time:      ~11 min of pre-training (2 epochs x 582 steps, ~0.57 s/step with PyTorch on 2 idle cores, an
-           estimate from the step time) + ~1.5 min of tokenizer, encoding and probes; the run in
-           docs/results.md took 1 h 36 min on 2 cores shared with test runs.
-Expect:    section probe, random init vs pre-trained (docs/results.md, seed 0): k-NN 57.05% vs 51.92%,
-           linear 58.33% vs 56.20%: at this scale pre-training does not yet beat random init here.
+Time:      ~12 min of pre-training (2 epochs x 582 steps; an epoch took 354 s with PyTorch on 2 idle
+           cores) + ~1.5 min of tokenizer, encoding and probes; the run in docs/results.md took 18 min
+           with a test run sharing the cores for its first epoch.
+Expect:    section probe, random init vs pre-trained (docs/results.md, seed 0): k-NN 59.19% vs 43.80%,
+           linear 60.68% vs 58.97%: at this scale pre-training does not yet beat random init here.
 Resume:    after a crash or kill, the same command continues from the last finished epoch, exactly
            (state in runs/pretrain_text_backup, removed when training ends).
 Saves:     the model (runs/pretrain_text.keras) and its tokenizer beside it
