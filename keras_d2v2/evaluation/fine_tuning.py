@@ -83,7 +83,8 @@ def pick_learning_rates(runs):
     Example:
     >>> runs = [("pre-trained", 1e-3, [0.80, 0.79]), ("pre-trained", 3e-3, [0.83, 0.81]),
     ...         ("pre-trained", 3e-3, [0.81, 0.80])]
-    >>> pick_learning_rates(runs)["pre-trained"][0]
+    >>> rate, accuracies = pick_learning_rates(runs)["pre-trained"]
+    >>> rate
     0.003
     """
     grouped = {}
