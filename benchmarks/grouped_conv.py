@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_d2v2.layers.conv_decoder import grouped_conv2d_matmul, grouped_conv2d_per_group
+from keras_d2v2.layers.grouped_conv import grouped_conv2d_matmul, grouped_conv2d_per_group
 
 
 def native(x, kernel, groups):

@@ -187,7 +187,7 @@ def pretrain_and_probe(name, kwargs, seed, x_train, bank, test, args):
     """One (variant, seed): probes at init and after every epoch. Returns the run's record."""
     keras.utils.set_random_seed(seed)
     # As recipes/pretrain_image.py: the reference's CLS weight relative to the token loss.
-    clones = keras_d2v2.presets.IMAGE_PRESETS[PRESET]["clone_batch"]
+    clones = keras_d2v2.presets.IMAGE_PRESETS[PRESET]["masking"]["clone_batch"]
     cls_loss_weight = 0.01 * 256 / (args.batch_size * clones)
     model = keras_d2v2.Data2Vec2.image(preset=PRESET, seed=seed, cls_loss_weight=cls_loss_weight, **kwargs)
     data = keras_d2v2.ShuffledBatches(x_train, batch_size=args.batch_size, seed=seed)

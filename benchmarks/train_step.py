@@ -165,10 +165,10 @@ DECODER_CONVS = {"shifted": grouped_conv2d_shifted, "torch_channels_last": group
 def use_decoder_conv(model, name):
     """Sets the decoder's conv: a `conv_impl` of the package, or one of DECODER_CONVS patched in as
     the package's `grouped_conv2d_matmul` (then selected with conv_impl="grouped_matmul")."""
-    from keras_d2v2.layers import conv_decoder
+    from keras_d2v2.layers import grouped_conv
 
     if name in DECODER_CONVS:
-        conv_decoder.grouped_conv2d_matmul = DECODER_CONVS[name]
+        grouped_conv.grouped_conv2d_matmul = DECODER_CONVS[name]
         name = "grouped_matmul"
     model.decoder.conv_impl = name
 

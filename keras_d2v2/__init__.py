@@ -20,13 +20,15 @@ from keras_d2v2.data import ShuffledBatches
 from keras_d2v2.models import (
     AudioClassifier,
     AudioEncoder,
-    Data2Vec2,
+    Encoder,
     ImageClassifier,
     ImageEncoder,
     TextClassifier,
     TextEncoder,
 )
 from keras_d2v2.optimizers import LayerDecayAdamW
+from keras_d2v2.pretraining.data2vec2 import Data2Vec2
+from keras_d2v2.pretraining.ema import TeacherEMA
 from keras_d2v2.tokenizers import ByteLevelBPETokenizer
 
 __version__ = "0.1.0"

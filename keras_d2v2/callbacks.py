@@ -6,6 +6,8 @@ import numbers
 import keras
 import numpy as np
 
+from keras_d2v2.pretraining.ema import check_ema_schedule
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
@@ -16,41 +18,34 @@ class RepresentationCollapse(RuntimeError):
 
 
 class EMATeacher(keras.callbacks.Callback):
-    """Configures the EMA teacher's decay schedule and brings the teacher up to date at the end.
+    """Sets the EMA teacher's decay schedule when training begins and brings the teacher up to date
+    when it ends.
 
     The update itself runs inside the compiled training step (so it is exact with
     `steps_per_execution > 1`, under jit and on every backend); this callback does no per-batch
-    work. The decay rises linearly from `decay` to `end_decay` over `anneal_steps` optimizer
+    work. The decay rises linearly from `decay` to `end_decay` over `anneal_end_step` optimizer
     updates, then stays at `end_decay`; `end_decay=1.0` freezes the teacher after the anneal.
-    Arguments left as None keep the model's current schedule. The decay in use is logged as
-    `ema_decay`. `Data2Vec2.fit()` adds one with the model's own schedule when none is passed.
+    Arguments left as None keep the model's current schedule (`model.ema`, the one place it is
+    held; the model's `ema_decay`, `ema_end_decay`, `ema_anneal_end_step` set it first). The decay
+    in use is logged as `ema_decay`. `Data2Vec2.fit()` adds one with the model's own schedule when
+    none is passed.
 
     Example:
-    >>> model.fit(images, callbacks=[EMATeacher(decay=0.999, end_decay=0.99999, anneal_steps=75_000)])
+    >>> model.fit(images, callbacks=[EMATeacher(decay=0.999, end_decay=0.99999, anneal_end_step=75_000)])
     """
 
-    def __init__(self, *, decay=None, end_decay=None, anneal_steps=None):
+    def __init__(self, *, decay=None, end_decay=None, anneal_end_step=None):
         super().__init__()
-        for name, value in (("decay", decay), ("end_decay", end_decay)):
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1], got {value}.")
-        if anneal_steps is not None and anneal_steps < 0:
-            raise ValueError(f"`anneal_steps` must be >= 0, got {anneal_steps}.")
+        check_ema_schedule(decay, end_decay, anneal_end_step)
         self.decay = decay
         self.end_decay = end_decay
-        self.anneal_steps = anneal_steps
+        self.anneal_end_step = anneal_end_step
 
     def on_train_begin(self, logs=None):
-        for variable, value in (
-            (self.model.ema_decay, self.decay),
-            (self.model.ema_end_decay, self.end_decay),
-            (self.model.ema_anneal_end_step, self.anneal_steps),
-        ):
-            if value is not None:
-                variable.assign(float(value))
+        self.model.ema.set_schedule(decay=self.decay, end_decay=self.end_decay, anneal_end_step=self.anneal_end_step)
 
     def on_train_end(self, logs=None):
-        self.model.sync_teacher()
+        self.model.ema.sync()
 
 
 class TrainingGuard(keras.callbacks.Callback):
@@ -62,9 +57,10 @@ class TrainingGuard(keras.callbacks.Callback):
     on disk is the last good one.
 
     The collapse check is the reference's: after `check_after` updates, training stops when
-    `target_var` (the per-dimension std of the masked targets, averaged) falls below
-    `min_target_var`, or `pred_var` below `min_pred_var`. Arguments left as None use the model's
-    settings (`Data2Vec2(min_target_var=..., min_pred_var=..., collapse_check_after=...)`).
+    `target_std` (the per-dimension std of the masked targets, averaged) falls below
+    `min_target_std`, or `pred_std` below `min_pred_std`. Arguments left as None use the model's
+    settings (`Data2Vec2(min_target_std=..., min_pred_std=..., collapse_check_after=...)`), the
+    one place they are held.
     `Data2Vec2.fit()` adds one when none is passed.
 
     Reading the loss waits for its step to finish. The guard is therefore `async_safe`: on the
@@ -82,10 +78,10 @@ class TrainingGuard(keras.callbacks.Callback):
     # already donated those buffers to the next step.
     async_safe = True
 
-    def __init__(self, *, min_target_var=None, min_pred_var=None, check_after=None):
+    def __init__(self, *, min_target_std=None, min_pred_std=None, check_after=None):
         super().__init__()
-        self.min_target_var = min_target_var
-        self.min_pred_var = min_pred_var
+        self.min_target_std = min_target_std
+        self.min_pred_std = min_pred_std
         self.check_after = check_after
 
     def on_train_begin(self, logs=None):
@@ -94,9 +90,9 @@ class TrainingGuard(keras.callbacks.Callback):
         self._epoch_start = self._step
         self._trained_model = model
         self._check_after = model.collapse_check_after if self.check_after is None else self.check_after
-        self._min_vars = (
-            ("target_var", model.min_target_var if self.min_target_var is None else self.min_target_var),
-            ("pred_var", model.min_pred_var if self.min_pred_var is None else self.min_pred_var),
+        self._min_stds = (
+            ("target_std", model.min_target_std if self.min_target_std is None else self.min_target_std),
+            ("pred_std", model.min_pred_std if self.min_pred_std is None else self.min_pred_std),
         )
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -129,11 +125,11 @@ class TrainingGuard(keras.callbacks.Callback):
             )
         if self._step <= self._check_after:
             return
-        for metric, threshold in self._min_vars:
+        for metric, threshold in self._min_stds:
             value = float(logs.get(metric, math.inf))
             if threshold and value < threshold:
                 self._trained_model.stop_training = True
-                what = "teacher targets" if metric == "target_var" else "student predictions"
+                what = "teacher targets" if metric == "target_std" else "student predictions"
                 raise RepresentationCollapse(
                     f"The {what} collapsed at update {self._step}: {metric}={value:.4g} < {threshold}. "
                     "Lower the learning rate or raise the EMA decay; the reference reports audio runs "

@@ -21,6 +21,15 @@ def warmup_cosine(peak_learning_rate, *, total_steps, warmup_epochs, steps_per_e
     )
 
 
+def exclude_1d_weights_from_weight_decay(optimizer, variables):
+    """Keeps the 1-D weights among `variables` (biases, LayerNorm, the ALiBi scale) out of the
+    optimizer's weight decay, as the reference's optimizer parameter groups do (CLS token and
+    kernels stay decayed). Looks through a `LossScaleOptimizer`; a no-op without weight decay."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if getattr(inner, "weight_decay", None):
+        inner.exclude_from_weight_decay(var_list=[v for v in variables if len(v.shape) <= 1])
+
+
 @keras.saving.register_keras_serializable(package="keras_d2v2")
 class LayerDecayAdamW(keras.optimizers.AdamW):
     """`keras.optimizers.AdamW` whose step size is scaled per weight, as in BEiT/MAE/data2vec fine-tuning.

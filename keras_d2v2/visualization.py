@@ -9,7 +9,7 @@ Example:
 >>> masks = masking(np.zeros((1, 49, 1)))                   # (4, 49): 4 masks of a 7 x 7 grid
 >>> plot_masks(images[0], masks, patch_size=4, path="masks.png")
 >>> history = model.fit(images, epochs=10)
->>> plot_training_curves(history, metrics=["loss", "target_var"], path="curves.png")
+>>> plot_training_curves(history, metrics=["loss", "target_std"], path="curves.png")
 """
 
 import csv

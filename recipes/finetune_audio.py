@@ -12,10 +12,11 @@ What:      the student encoder of `recipes/pretrain_audio.py`'s model (`Data2Vec
 Command:   .venv/bin/python recipes/finetune_audio.py   (JAX unless KERAS_BACKEND says otherwise), after
            recipes/pretrain_audio.py has written runs/pretrain_audio.keras (or pass --pretrained).
 Hardware:  2 CPU cores, no accelerator. Any backend: set KERAS_BACKEND=jax|tensorflow|torch.
-Time:      13 min with JAX on 2 cores (2 x 3 epochs x 240 steps; 17.5 min with --train-feature-extractor).
-Expect:    test top-1 (seed 0; docs/results.md, "Fine-tuning the speech model"): random init 75.03%,
-           pre-trained 30.32% with its extractor frozen, 70.88% with --train-feature-extractor.
-           This short CPU pre-training does not help this task.
+Time:      minutes with JAX on 2 cores (2 x 3 epochs x 240 steps; longer with --train-feature-extractor);
+           the measured times are in docs/results.md.
+Expect:    test top-1, random init vs pre-trained (frozen extractor, and with --train-feature-extractor):
+           the figures in docs/results.md, "Fine-tuning the speech model" (seed 0). This short CPU
+           pre-training does not help this task.
 Smoke:     --smoke fine-tunes a fresh one-block model on the segments of 60 clips, in seconds.
 Data:      `apt-get install asterisk-core-sounds-{en,es,fr,it,ru}-wav asterisk-prompt-it-menardi-wav`
            (done by `make setup`); nothing is downloaded.

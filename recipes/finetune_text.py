@@ -15,11 +15,12 @@ Command:   KERAS_BACKEND=torch .venv/bin/python recipes/finetune_text.py (make f
            (or pass --pretrained). The comparison of docs/results.md, each encoder at its best rate:
            recipes/finetune_text.py --learning-rate 1e-4 3e-4 1e-3 --seed 0 1
 Hardware:  2 CPU cores, no accelerator. Any backend: set KERAS_BACKEND=jax|tensorflow|torch.
-Time:      the default ~13 min with PyTorch on 2 idle cores (2 rows x 5 epochs x 210 steps, ~0.39 s/step);
-           the comparison ~75 min (12 rows of 188 steps x 5 epochs, ~370 s each).
-Expect:    the comparison: mean test top-1 65.38% pre-trained vs 62.93% from the same initial weights
-           (both at lr 1e-3; the seeds disagree: +5.3 and -0.4 points). The default (lr 1e-3, one seed,
-           all training blocks) has not been measured; docs/results.md, "Fine-tuning the text model".
+Time:      minutes with PyTorch on 2 cores for the default (2 rows x 5 epochs x 210 steps); the comparison
+           (12 rows of 188 steps x 5 epochs) takes several times longer. The measured times are in
+           docs/results.md.
+Expect:    the comparison: mean test top-1, pre-trained vs from the same initial weights, in
+           docs/results.md, "Fine-tuning the text model" (the seeds disagree there). The default
+           (lr 1e-3, one seed, all training blocks) has not been measured.
 Smoke:     --smoke fine-tunes a fresh one-block model on the start of 36 documents, in seconds.
 Data:      `apt-get install python3.11-doc` (done by `make setup`); nothing is downloaded.
 """

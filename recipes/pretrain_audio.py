@@ -10,8 +10,9 @@ What:      audio data2vec 2.0 (wav2vec 2.0 conv features, 1-D block masking of 5
            test), against the same encoder at random init.
 Command:   .venv/bin/python recipes/pretrain_audio.py          (JAX unless KERAS_BACKEND says otherwise)
 Hardware:  2 CPU cores, no accelerator. Any backend: set KERAS_BACKEND=jax|tensorflow|torch.
-Time:      see docs/results.md for the measured run (torch, 2 cores).
-Expect:    docs/results.md has the figures this script printed (seed 0).
+Time:      minutes on 2 CPU cores with JAX; the measured run is in docs/results.md.
+Expect:    k-NN of voice and language, random init vs pre-trained: the figures in docs/results.md,
+           "Audio: tiny data2vec 2.0 on the Asterisk prompts" (seed 0).
 Resume:    a killed run continues from its last finished epoch with the same command
            (state in runs/pretrain_audio_backup, removed when training ends).
 Smoke:     --smoke runs one epoch on the segments of 60 clips, in seconds.
@@ -21,10 +22,9 @@ Data:      `apt-get install asterisk-core-sounds-{en,es,fr,it,ru}-wav asterisk-p
 
 import argparse
 import os
-import time
 
-# JAX compiles the whole step with XLA: on 2 shared CPU cores one fit() step of this model took
-# 1.28 s on JAX and 5.97 s on PyTorch (batch 32, measured 2026-11-23 under load).
+# JAX compiles the whole step with XLA: on a 2-core CPU it runs a fit() step of this model several
+# times faster than PyTorch.
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import keras  # noqa: E402
@@ -34,7 +34,8 @@ from keras import ops  # noqa: E402
 import keras_d2v2  # noqa: E402
 from keras_d2v2.data.audio import ASTERISK_VOICES, asterisk_segments, load_asterisk_prompts  # noqa: E402
 from keras_d2v2.evaluation import knn_accuracy  # noqa: E402
-from keras_d2v2.optimizers import warmup_cosine  # noqa: E402
+
+from common import compile_for_pretraining, initial_encoder_copy, pretrain, save_model  # noqa: E402
 
 
 def parse_args():
@@ -93,33 +94,26 @@ def main():
     train_set, test_set = split(~test), split(test)
 
     model = keras_d2v2.Data2Vec2.audio(preset=args.preset, seed=args.seed)
-    random_encoder = model.encoder.__class__.from_config(model.encoder.get_config())
-    random_encoder.build()
-    random_encoder.set_weights(model.encoder.get_weights())
+    random_encoder = initial_encoder_copy(model)
 
     # Pre-training sees every segment, test prompts included (labels are never used); the probe
     # then fits on the training prompts only.
     batches = keras_d2v2.ShuffledBatches(
         {"audio": audio, "padding_mask": padding_mask}, batch_size=args.batch_size, seed=args.seed
     )
-    steps = args.epochs * len(batches)
-    schedule = warmup_cosine(
-        args.learning_rate, total_steps=steps, warmup_epochs=args.warmup_epochs, steps_per_epoch=len(batches)
-    )
     # The reference's base audio optimizer: Adam, betas (0.9, 0.98), eps 1e-6, decoupled weight
     # decay 0.01 on every weight, no clipping.
-    model.compile(optimizer=keras.optimizers.AdamW(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-6, weight_decay=0.01))
+    compile_for_pretraining(
+        model, learning_rate=args.learning_rate, epochs=args.epochs, steps_per_epoch=len(batches),
+        warmup_epochs=args.warmup_epochs, beta_2=0.98, epsilon=1e-6, weight_decay=0.01,
+    )
     print(f"backend {keras.backend.backend()}, preset {args.preset!r}, {model.encoder.count_params():,} encoder "
           f"parameters, {len(audio)} segments of {args.seconds:g} s ({int(padding_mask.any(1).sum())} padded) from "
           f"{len(data['audio'])} clips of {len(ASTERISK_VOICES)} voices, {args.epochs} epochs of {len(batches)} steps")
-    start = time.time()
-    callbacks = [keras.callbacks.BackupAndRestore(args.backup)] if args.backup else []
-    model.fit(batches, epochs=args.epochs, callbacks=callbacks, verbose=1 if not args.smoke else 2)
-    print(f"pre-training took {time.time() - start:.0f} s")
-    if args.save:
-        os.makedirs(os.path.dirname(args.save) or ".", exist_ok=True)
-        model.save(args.save)
-        print(f"saved {args.save}")
+    verbose = 1 if not args.smoke else 2
+    _, seconds = pretrain(model, batches, epochs=args.epochs, backup_dir=args.backup, verbose=verbose)
+    print(f"pre-training took {seconds:.0f} s")
+    save_model(model, args.save)
     knn_table(
         [("random init", random_encoder), ("data2vec 2.0 pre-trained", model.encoder)],
         train_set,

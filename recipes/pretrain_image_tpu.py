@@ -17,20 +17,19 @@ Command:   KERAS_BACKEND=jax python recipes/pretrain_image_tpu.py               
 Hardware:  any number of JAX devices on one host (TPU v5e-1 on Colab, v5e-8 on Kaggle / TPU VMs, GPUs);
            on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=8 makes 8 devices to try it.
 Time:      not measured on a TPU (none was available to this project); on 2 CPU cores with 8 virtual
-           devices, --smoke takes ~50 s (mostly XLA compilation).
+           devices, --smoke takes about a minute (mostly XLA compilation).
 Expect:    not measured. The distribution changes where the work runs, not what is computed
            (tests/test_distribution.py checks loss and weights against one device), but this recipe
            differs from recipes/pretrain_image.py in batch size (256 at lr 2e-3, which suits many
-           devices, against 64 at lr 1e-3), bfloat16 compute and whole batches only. On 2 CPU cores the
-           single-device recipe reached 81.15% k-NN at batch 256 and 81.59% at batch 64
-           (docs/results.md), so expect a figure near those, not the same one.
+           devices, against 64 at lr 1e-3), bfloat16 compute and whole batches only. Expect a k-NN
+           figure near the single-device recipe's at batch 256 and at batch 64 (docs/results.md,
+           "Main job: tiny ViT pre-trained on Fashion-MNIST"), not the same one.
 Smoke:     --smoke: 8 steps of batch 16 on 128 images, data parallel over all devices (or the mesh).
 Data:      `apt-get install dataset-fashion-mnist` (done by `make setup`), or your own image folder.
 """
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -39,7 +38,8 @@ import keras  # noqa: E402
 import keras_d2v2  # noqa: E402
 from keras_d2v2.data import load_fashion_mnist, standardize_images  # noqa: E402
 from keras_d2v2.evaluation import encoder_features, knn_accuracy  # noqa: E402
-from keras_d2v2.optimizers import warmup_cosine  # noqa: E402
+
+from common import compile_for_pretraining, image_cls_loss_weight, pretrain, save_model  # noqa: E402
 
 
 def parse_args():
@@ -59,19 +59,6 @@ def parse_args():
     return parser.parse_args()
 
 
-def layout_map(mesh):
-    """Megatron-style sharding over the mesh's "model" axis for every block of student and teacher."""
-    layout = keras.distribution.LayoutMap(mesh)
-    layout[r".*block\d+/qkv/kernel"] = (None, "model")
-    layout[r".*block\d+/qkv/bias"] = ("model",)
-    layout[r".*block\d+/attention_projection/kernel"] = ("model", None)
-    layout[r".*block\d+/fc1/kernel"] = (None, "model")
-    layout[r".*block\d+/fc1/bias"] = ("model",)
-    layout[r".*block\d+/fc2/kernel"] = ("model", None)
-    layout[r"decoder/conv\d+_kernel"] = (None, None, None, "model")
-    return layout
-
-
 def distribution(model_parallel):
     devices = keras.distribution.list_devices()
     if model_parallel == 1:
@@ -80,7 +67,8 @@ def distribution(model_parallel):
         raise SystemExit(f"--model-parallel {model_parallel} must divide the number of devices ({len(devices)}).")
     data_parallel = len(devices) // model_parallel
     mesh = keras.distribution.DeviceMesh((data_parallel, model_parallel), axis_names=("batch", "model"), devices=devices)
-    return keras.distribution.ModelParallel(layout_map=layout_map(mesh), batch_dim_name="batch"), data_parallel
+    layout_map = keras_d2v2.Data2Vec2.get_layout_map(mesh)
+    return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch"), data_parallel
 
 
 def image_folder_batches(args, image_size, channels):
@@ -113,7 +101,7 @@ def main():
     if args.batch_size % data_parallel:
         raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the {data_parallel} data-parallel devices.")
 
-    preset = keras_d2v2.presets.IMAGE_PRESETS[args.preset]
+    preset = keras_d2v2.presets.IMAGE_PRESETS[args.preset]["encoder"]
     if not args.image_folder and (preset["image_size"], preset["channels"]) != (28, 1):
         raise SystemExit(f"Preset {args.preset!r} takes {preset['image_size']}px images: pass --image-folder.")
     labelled = None
@@ -129,26 +117,23 @@ def main():
         x_train = x_train[: len(x_train) // args.batch_size * args.batch_size]
         data = keras_d2v2.ShuffledBatches(x_train, batch_size=args.batch_size, seed=args.seed)
         steps_per_epoch = len(data)
-    # The reference's CLS weight relative to the token loss (recipes/pretrain_image.py).
-    cls_loss_weight = 0.01 * 256 / (args.batch_size * preset["clone_batch"])
+    cls_loss_weight = image_cls_loss_weight(
+        clone_batch=keras_d2v2.presets.IMAGE_PRESETS[args.preset]["masking"]["clone_batch"], batch_size=args.batch_size
+    )
     model = keras_d2v2.Data2Vec2.image(preset=args.preset, seed=args.seed, cls_loss_weight=cls_loss_weight)
 
-    schedule = warmup_cosine(args.learning_rate, total_steps=args.epochs * steps_per_epoch,
-                             warmup_epochs=args.warmup_epochs, steps_per_epoch=steps_per_epoch)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, beta_1=0.9, beta_2=0.95, weight_decay=0.05, global_clipnorm=4.0),
+    # The optimizer of recipes/pretrain_image.py.
+    compile_for_pretraining(
+        model, learning_rate=args.learning_rate, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
+        warmup_epochs=args.warmup_epochs, beta_2=0.95, weight_decay=0.05, global_clipnorm=4.0,
         steps_per_execution=args.steps_per_execution,
     )
     print(f"{len(keras.distribution.list_devices())} devices ({keras.distribution.list_devices()[0]} ...), "
           f"{type(dist).__name__}, data axis {data_parallel}, dtype {args.dtype}; preset {args.preset!r}, "
           f"{args.epochs} epochs of {steps_per_epoch} steps of {args.batch_size} images")
-    start = time.time()
-    history = model.fit(data, epochs=args.epochs, verbose=1 if not args.smoke else 2)
-    print(f"pre-training took {time.time() - start:.0f} s; final loss {history.history['loss'][-1]:.4f}")
-    if args.save:
-        os.makedirs(os.path.dirname(args.save) or ".", exist_ok=True)
-        model.save(args.save)
-        print(f"saved {args.save}")
+    history, seconds = pretrain(model, data, epochs=args.epochs, verbose=1 if not args.smoke else 2)
+    print(f"pre-training took {seconds:.0f} s; final loss {history.history['loss'][-1]:.4f}")
+    save_model(model, args.save)
     if labelled is not None:
         (x_bank, y_bank), (x_test, y_test) = labelled
         accuracy = knn_accuracy(encoder_features(model.encoder, x_bank), y_bank,

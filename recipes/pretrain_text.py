@@ -12,11 +12,11 @@ Split:     every 5th document of each section (by sorted path) is held out for t
            the tokenizer and the pre-training see only the other documents.
 Command:   KERAS_BACKEND=torch .venv/bin/python recipes/pretrain_text.py
 Hardware:  2 CPU cores, no accelerator. Any backend: set KERAS_BACKEND=jax|tensorflow|torch.
-Time:      ~12 min of pre-training (2 epochs x 582 steps; an epoch took 354 s with PyTorch on 2 idle
-           cores) + ~1.5 min of tokenizer, encoding and probes; the run in docs/results.md took 18 min
-           with a test run sharing the cores for its first epoch.
-Expect:    section probe, random init vs pre-trained (docs/results.md, seed 0): k-NN 59.19% vs 43.80%,
-           linear 60.68% vs 58.97%: at this scale pre-training does not yet beat random init here.
+Time:      minutes on 2 CPU cores with PyTorch (2 epochs of 582 steps), plus a minute or two of tokenizer,
+           encoding and probes; the measured times are in docs/results.md.
+Expect:    section probe, random init vs pre-trained, k-NN and linear: the figures in docs/results.md,
+           "Tiny text data2vec 2.0 on the Python docs" (seed 0); at this scale pre-training does not
+           yet beat random init on this task.
 Resume:    after a crash or kill, the same command continues from the last finished epoch, exactly
            (state in runs/pretrain_text_backup, removed when training ends).
 Saves:     the model (runs/pretrain_text.keras) and its tokenizer beside it
@@ -39,7 +39,8 @@ import numpy as np  # noqa: E402
 import keras_d2v2  # noqa: E402
 from keras_d2v2.data import DOC_SECTIONS, held_out_documents, load_python_docs, section_classification  # noqa: E402
 from keras_d2v2.evaluation import encoder_features, knn_accuracy, linear_probe_accuracy  # noqa: E402
-from keras_d2v2.optimizers import warmup_cosine  # noqa: E402
+
+from common import compile_for_pretraining, initial_encoder_copy, pretrain, save_model  # noqa: E402
 
 
 def parse_args():
@@ -109,35 +110,22 @@ def main():
         preset=args.preset, vocab_size=tokenizer.vocabulary_size, max_positions=args.block_length, seed=args.seed
     )
     tokenizer.check_model(model)
-    random_encoder = model.encoder.__class__.from_config(model.encoder.get_config())
-    random_encoder.build(train_blocks.shape)
-    random_encoder.set_weights(model.encoder.get_weights())
+    random_encoder = initial_encoder_copy(model)
 
     data = keras_d2v2.ShuffledBatches(train_blocks, batch_size=args.batch_size, seed=args.seed)
     steps_per_epoch = len(data)  # the last, partial batch included
-    steps = args.epochs * steps_per_epoch
-    schedule = warmup_cosine(
-        args.learning_rate, total_steps=steps, warmup_epochs=args.warmup_epochs, steps_per_epoch=steps_per_epoch
-    )
     # The reference's text optimizer: Adam (0.9, 0.98), eps 1e-6, weight decay 0.01, clip 1.
-    model.compile(
-        optimizer=keras.optimizers.AdamW(
-            schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-6, weight_decay=0.01, global_clipnorm=1.0
-        )
+    compile_for_pretraining(
+        model, learning_rate=args.learning_rate, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
+        warmup_epochs=args.warmup_epochs, beta_2=0.98, epsilon=1e-6, weight_decay=0.01, global_clipnorm=1.0,
     )
     print(f"backend {keras.backend.backend()}, preset {args.preset!r}, {model.encoder.count_params():,} encoder "
           f"parameters, {len(train_blocks)} blocks, {args.epochs} epochs of {steps_per_epoch} steps")
-    start = time.time()
-    # A killed run started again with the same command continues from its last finished epoch,
-    # bit for bit as if it had not stopped (the data order is a function of seed and epoch).
-    callbacks = [keras.callbacks.BackupAndRestore(args.backup)] if args.backup else []
-    model.fit(data, epochs=args.epochs, callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
-    print(f"pre-training took {time.time() - start:.0f} s")
-    if args.save:
-        os.makedirs(os.path.dirname(args.save) or ".", exist_ok=True)
-        model.save(args.save)
-        tokenizer.save(os.path.splitext(args.save)[0] + "_tokenizer")
-        print(f"saved {args.save} and its tokenizer in {os.path.splitext(args.save)[0]}_tokenizer/")
+    _, seconds = pretrain(
+        model, data, epochs=args.epochs, backup_dir=args.backup, verbose=1 if sys.stdout.isatty() else 2
+    )
+    print(f"pre-training took {seconds:.0f} s")
+    save_model(model, args.save, tokenizer=tokenizer)
 
     start = time.time()
     train, test = section_classification(blocks, source, sections, held_out, max_train_per_class=args.probe_bank,

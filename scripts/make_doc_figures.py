@@ -62,7 +62,7 @@ def synthetic_image(size, seed=0):
 
 
 def preset_masks(preset, num_patches, seed):
-    config = IMAGE_PRESETS[preset]
+    config = IMAGE_PRESETS[preset]["masking"]
     masking = keras_d2v2.InverseBlockMasking(
         mask_prob=config["mask_prob"], block_length=config["block_length"],
         mask_prob_adjust=config["mask_prob_adjust"], clone_batch=NUM_MASKS, seed=seed,
@@ -77,13 +77,13 @@ def draw_masks(path):
     figure = Figure(figsize=(1.75 * (NUM_MASKS + 1), 3.9), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(2, NUM_MASKS + 1)
-    tiny = IMAGE_PRESETS["tiny"]
+    tiny = IMAGE_PRESETS["tiny"]["encoder"]
     fmnist = fashion_mnist(1, split=1)
     small = fmnist[0] if fmnist is not None else (255 * synthetic_image(tiny["image_size"], seed=1)).astype("uint8")
     grid = (tiny["image_size"] // tiny["patch_size"]) ** 2
     plot_masks(small, preset_masks("tiny", grid, seed=0), patch_size=tiny["patch_size"], axes=axes[0],
                title=f"tiny: {tiny['image_size']}x{tiny['image_size']}, patch {tiny['patch_size']}")
-    base = IMAGE_PRESETS["base"]
+    base = IMAGE_PRESETS["base"]["encoder"]
     grid = (base["image_size"] // base["patch_size"]) ** 2
     plot_masks(synthetic_image(base["image_size"]), preset_masks("base", grid, seed=1), patch_size=base["patch_size"],
                axes=axes[1], title=f"base: {base['image_size']}x{base['image_size']}, patch {base['patch_size']}")
@@ -99,7 +99,7 @@ def short_fit(log_path):
         fmnist = np.random.default_rng(0).integers(0, 256, (2048, 28, 28), dtype=np.uint8)
     images = standardize_images(fmnist)
     batch_size = 128
-    clones = IMAGE_PRESETS["tiny"]["clone_batch"]
+    clones = IMAGE_PRESETS["tiny"]["masking"]["clone_batch"]
     # As recipes/pretrain_image.py: the CLS term is summed over the batch's clones, so its weight is
     # brought to the reference's per-GPU level (0.01 at 16 images x 16 clones).
     model = keras_d2v2.Data2Vec2.image("tiny", seed=0, cls_loss_weight=0.01 * 256 / (batch_size * clones))
@@ -121,7 +121,7 @@ def main():
         return
     log = args.csv or short_fit(REPO / "runs" / "doc_figures" / "pretrain_log.csv")
     path = IMAGES / "pretrain_curves.png"
-    plot_training_curves(log, metrics=["loss", "regression_loss", "cls_loss", "target_var", "pred_var", "ema_decay"],
+    plot_training_curves(log, metrics=["loss", "regression_loss", "cls_loss", "target_std", "pred_std", "ema_decay"],
                          path=path, yscale="linear", dpi=80)
     print(f"wrote {path} ({os.path.getsize(path) // 1024} KB) from {log}")
 

@@ -1,5 +1,5 @@
 """keras.distribution on JAX with 8 virtual CPU devices: DataParallel and ModelParallel (the layout map of
-recipes/pretrain_image_tpu.py) give the single-device loss and weights, and masks differ per replica."""
+`Data2Vec2.get_layout_map`, which recipes/pretrain_image_tpu.py uses) give the single-device loss and weights, and masks differ per replica."""
 
 import json
 
@@ -16,9 +16,6 @@ import numpy as np
 import keras
 from keras import ops
 import keras_d2v2
-
-sys.path.insert(0, "recipes")
-from pretrain_image_tpu import layout_map
 
 assert len(keras.distribution.list_devices()) == 8
 
@@ -42,7 +39,8 @@ devices = keras.distribution.list_devices()
 single = run(None)
 data = run(keras.distribution.DataParallel(devices=devices))
 mesh = keras.distribution.DeviceMesh((4, 2), axis_names=("batch", "model"), devices=devices)
-model_parallel = run(keras.distribution.ModelParallel(layout_map=layout_map(mesh), batch_dim_name="batch"))
+layout_map = keras_d2v2.Data2Vec2.get_layout_map(mesh)
+model_parallel = run(keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch"))
 
 def max_diff(a, b):
     return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
@@ -54,6 +52,7 @@ out = {
     "weight_diff": [max_diff(single[2], data[2]), max_diff(single[2], model_parallel[2])],
     "qkv_layout": model_parallel[3]["encoder/block0/qkv/kernel"],
     "teacher_fc2_layout": model_parallel[3]["teacher/block1/fc2/kernel"],
+    "decoder_layout": model_parallel[3]["decoder/conv0_kernel"],
 }
 print("RESULT " + json.dumps(out))
 """
@@ -85,3 +84,4 @@ def test_masks_differ_per_replica_and_match_one_device(result):
 def test_layout_map_shards_student_and_teacher_blocks(result):
     assert result["qkv_layout"] == [None, "model"]
     assert result["teacher_fc2_layout"] in (["model"], ["model", None])  # JAX drops trailing Nones
+    assert result["decoder_layout"] == [None, None, None, "model"]

@@ -85,7 +85,7 @@ def test_two_replicas_match_one_device(result):
     for name in ("loss", "regression_loss", "cls_loss", "ema_decay"):
         assert replicated[name] == pytest.approx(single[name], rel=1e-4), name
     # The collapse monitors log the replicas' mean of their own batch's std: close, not equal.
-    for name in ("target_var", "pred_var"):
+    for name in ("target_std", "pred_std"):
         assert replicated[name] == pytest.approx(single[name], rel=1e-2), name
     assert result["weight_diff"] < 1e-4
     assert result["updates"] == 3

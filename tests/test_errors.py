@@ -23,7 +23,7 @@ from keras_d2v2.layers import sincos_positions_2d
 
 CASES = [
     (lambda: Data2Vec2.image(preset="tiny_test", decoder_width=3), r"Unknown argument\(s\) \['decoder_width'\]"),
-    (lambda: Data2Vec2.image(preset="tiny_test", ema_decay=1.5), r"EMA decays must be in \[0, 1\], got 1.5"),
+    (lambda: Data2Vec2.image(preset="tiny_test", ema_decay=1.5), r"`ema_decay` must be in \[0, 1\] \(an EMA decay\), got 1.5"),
     (lambda: ConvDecoder2D(conv_impl="fft"), "`conv_impl` must be one of 'auto', 'native', 'grouped_matmul', 'per_group', got 'fft'"),
     (lambda: ConvDecoder2D(decoder_dim=30, groups=16), r"`groups` \(16\) must divide `decoder_dim` \(30\)"),
     (lambda: ConvDecoder2D(decoder_dim=32, groups=16)(np.zeros((1, 49, 24), "float32")), r"`groups` \(16\) must divide the token dimension \(24\)"),
@@ -32,8 +32,8 @@ CASES = [
     (lambda: ImageEncoder(depth=0), "`depth` must be >= 1, got 0"),
     (lambda: InverseBlockMasking(mask_prob_adjust=-0.1), "`mask_prob_adjust` must be >= 0, got -0.1"),
     (lambda: ContextualizedTargets(top_k=0), "`top_k` must be an integer >= 1, got 0"),
-    (lambda: EMATeacher(end_decay=2.0), r"`end_decay` must be in \[0, 1\], got 2.0"),
-    (lambda: EMATeacher(anneal_steps=-1), "`anneal_steps` must be >= 0, got -1"),
+    (lambda: EMATeacher(end_decay=2.0), r"`end_decay` must be in \[0, 1\] \(an EMA decay\), got 2.0"),
+    (lambda: EMATeacher(anneal_end_step=-1), "`anneal_end_step` must be >= 0, got -1"),
     (lambda: Data2Vec2.audio(preset="tiny_test", window=3), r"Unknown argument\(s\) \['window'\] for an audio model"),
     (lambda: BlockMasking1D(mask_prob=1.0), r"`mask_prob` must be in \(0, 1\), got 1.0"),
     (lambda: BlockMasking1D(block_length=0), "`block_length` must be an integer >= 1, got 0"),

@@ -35,7 +35,7 @@ def test_fit_decreases_loss_and_logs_every_term():
     model = tiny()
     model.compile(optimizer=keras.optimizers.AdamW(2e-3, weight_decay=0.05))
     history = model.fit(images(8), batch_size=4, epochs=6, verbose=0).history
-    for name in ("loss", "regression_loss", "cls_loss", "target_var", "pred_var", "ema_decay"):
+    for name in ("loss", "regression_loss", "cls_loss", "target_std", "pred_std", "ema_decay"):
         assert name in history and np.isfinite(history[name]).all(), name
     assert history["loss"][-1] < 0.8 * history["loss"][0]
     np.testing.assert_allclose(
@@ -69,13 +69,13 @@ def test_ema_updates_once_per_step_with_schedule(steps_per_execution):
         pytest.skip("Keras' PyTorch trainer supports steps_per_execution=1 only")
     model = tiny()
     model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=steps_per_execution)
-    callback = EMATeacher(decay=0.5, end_decay=0.9, anneal_steps=8)
+    callback = EMATeacher(decay=0.5, end_decay=0.9, anneal_end_step=8)
     history = model.fit(images(8), batch_size=2, epochs=1, verbose=0, callbacks=[callback]).history
     assert int(ops.convert_to_numpy(model.num_updates)) == 4
-    assert int(ops.convert_to_numpy(model.teacher_updates)) == 4
+    assert int(ops.convert_to_numpy(model.ema.teacher_updates)) == 4
     # The last in-step update used step 3: 0.9 - (0.9 - 0.5) * (1 - 3/8).
     np.testing.assert_allclose(history["ema_decay"][-1], 0.9 - 0.4 * (1 - 3 / 8), rtol=1e-6)
-    np.testing.assert_allclose(float(model.current_ema_decay()), 0.9 - 0.4 * (1 - 4 / 8), rtol=1e-6)
+    np.testing.assert_allclose(float(model.ema.current_decay()), 0.9 - 0.4 * (1 - 4 / 8), rtol=1e-6)
 
 
 def test_ema_update_matches_numpy():
@@ -109,14 +109,14 @@ def test_weight_decay_excludes_one_dimensional_weights():
 def test_keras_file_roundtrip(tmp_path):
     model = tiny()
     model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.05))
-    model.fit(images(4), batch_size=2, epochs=1, verbose=0, callbacks=[EMATeacher(decay=0.7, end_decay=0.8, anneal_steps=5)])
+    model.fit(images(4), batch_size=2, epochs=1, verbose=0, callbacks=[EMATeacher(decay=0.7, end_decay=0.8, anneal_end_step=5)])
     path = tmp_path / "d2v2.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, Data2Vec2)
     for a, b in zip(numpy_weights(model.weights), numpy_weights(loaded.weights)):
         np.testing.assert_array_equal(a, b)
-    assert float(loaded.ema_decay) == pytest.approx(0.7) and int(loaded.num_updates) == 2
+    assert float(loaded.ema.decay) == pytest.approx(0.7) and int(loaded.num_updates) == 2
     assert int(loaded.optimizer.iterations) == 2
     for a, b in zip(numpy_weights(model.optimizer.variables), numpy_weights(loaded.optimizer.variables)):
         np.testing.assert_array_equal(a, b)
@@ -134,9 +134,9 @@ def test_keras_file_roundtrip(tmp_path):
 
 
 def test_collapse_guard_stops_with_what_collapsed():
-    model = tiny(min_target_var=100.0, collapse_check_after=1)
+    model = tiny(min_target_std=100.0, collapse_check_after=1)
     model.compile(optimizer="adam")
-    with pytest.raises(RepresentationCollapse, match=r"teacher targets collapsed at update 2: target_var=.* < 100"):
+    with pytest.raises(RepresentationCollapse, match=r"teacher targets collapsed at update 2: target_std=.* < 100"):
         model.fit(images(6), batch_size=2, epochs=1, verbose=0)
 
 
@@ -208,7 +208,7 @@ model = keras.saving.load_model(sys.argv[1])
 x = {k: data[k] for k in ("images", "mask", "mask_noise")}
 np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)["prediction"]), data["prediction"], rtol=1e-5, atol=1e-5)
 np.testing.assert_allclose(keras.ops.convert_to_numpy(model.teacher_targets(x["images"])), data["targets"], rtol=1e-5, atol=1e-5)
-assert int(model.num_updates) == 2 and abs(float(model.current_ema_decay()) - float(data["decay"])) < 1e-7
+assert int(model.num_updates) == 2 and abs(float(model.ema.current_decay()) - float(data["decay"])) < 1e-7
 print("loaded on", keras.backend.backend())
 """
 
@@ -228,7 +228,7 @@ def test_keras_file_loads_on_every_other_backend(tmp_path, other):
         tmp_path / "expected.npz",
         prediction=ops.convert_to_numpy(model(x)["prediction"]),
         targets=ops.convert_to_numpy(model.teacher_targets(x["images"])),
-        decay=ops.convert_to_numpy(model.current_ema_decay()),
+        decay=ops.convert_to_numpy(model.ema.current_decay()),
         **x,
     )
     result = subprocess.run(

@@ -212,7 +212,7 @@ def test_keras_file_roundtrip_keeps_mto(tmp_path):
 
 
 def test_depth_weights():
-    from keras_d2v2.models.data2vec2 import depth_weights
+    from keras_d2v2.pretraining.mto import depth_weights
 
     np.testing.assert_allclose(depth_weights(4, "shallow"), [1.0, 0.75, 0.5, 0.25])
     np.testing.assert_allclose(depth_weights(4, "deep"), [0.25, 0.5, 0.75, 1.0])

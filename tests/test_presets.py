@@ -9,7 +9,8 @@ from keras import ops
 
 import keras_d2v2
 from keras_d2v2 import Data2Vec2
-from keras_d2v2.presets import from_preset, preset_names, save_to_preset
+from keras_d2v2.presets import preset_names
+from keras_d2v2.pretraining.preset_io import from_preset, save_to_preset
 
 PUBLISHED = {"image_base", "image_large", "image_huge", "audio_base", "audio_large", "text_base", "text_large"}
 
@@ -29,10 +30,51 @@ def test_every_published_configuration_has_a_name():
 def test_text_large_normalizes_targets_as_the_reference():
     # large_text_only_task: LayerNorm per layer, instance norm of the average (base: instance norm per layer).
     large, base = keras_d2v2.presets.TEXT_PRESETS["large"], keras_d2v2.presets.TEXT_PRESETS["base"]
-    assert (large["layer_norm_target_layer"], large["instance_norm_target_layer"], large["instance_norm_targets"]) == (
+    targets = large["targets"]
+    assert (targets["layer_norm_target_layer"], targets["instance_norm_target_layer"], targets["instance_norm_targets"]) == (
         True, False, True)
-    assert (large["embed_dim"], large["depth"], large["num_heads"], large["top_k"]) == (1024, 24, 16, 24)
-    assert base["instance_norm_target_layer"] and not base.get("layer_norm_target_layer", False)
+    encoder = large["encoder"]
+    assert (encoder["embed_dim"], encoder["depth"], encoder["num_heads"], targets["top_k"]) == (1024, 24, 16, 24)
+    assert base["targets"]["instance_norm_target_layer"] and not base["targets"]["layer_norm_target_layer"]
+    model = Data2Vec2.text("large")
+    assert (model.targets.layer_norm_target_layer, model.targets.instance_norm_targets, model.encoder.depth) == (
+        True, True, 24)
+
+
+def test_audio_large_is_the_references_large_audio_config():
+    # large_audio_only_task.yaml: no layerdrop at all, and the composite optimizer that keeps 1-D
+    # weights out of weight decay (base uses plain Adam, which decays every weight).
+    large = Data2Vec2.audio("large")
+    assert (large.encoder.layerdrop, large.encoder.prenet_layerdrop, large.decay_1d_weights) == (0.0, 0.0, False)
+    assert (large.encoder.prenet_depth, large.encoder.depth, large.masking.clone_batch) == (8, 16, 12)
+    base = Data2Vec2.audio("base")
+    assert (base.encoder.layerdrop, base.encoder.prenet_layerdrop, base.decay_1d_weights) == (0.05, 0.05, True)
+
+
+def test_every_section_argument_can_be_overridden_by_flat_name_or_by_section():
+    model = Data2Vec2.image(
+        "tiny_test", decay_1d_weights=True, depth=3, decoder_layers=2, decoder_kernel=5, mask_prob=0.7, top_k=3,
+        masking={"block_length": 2}, seed=0,
+    )
+    assert model.decay_1d_weights and model.encoder.depth == 3 and model.targets.top_k == 3
+    assert (model.decoder.num_layers, model.decoder.kernel_size) == (2, 5)
+    assert (model.masking.mask_prob, model.masking.block_length) == (0.7, 2)
+    assert Data2Vec2.audio("tiny_test", inverse_mask=True).masking.inverse
+    with pytest.raises(ValueError, match=r"Unknown argument\(s\) \['inverse_mask'\] for an image model"):
+        Data2Vec2.image("tiny_test", inverse_mask=True)
+    with pytest.raises(ValueError, match=r"Unknown argument\(s\) \['depth'\] for the decoder of a text model"):
+        Data2Vec2.text("tiny_test", decoder={"depth": 2})
+
+
+def test_presets_are_data():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(keras_d2v2.presets))
+    assert not [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    for modality, table in keras_d2v2.presets.PRESETS.items():
+        for name, preset in table.items():
+            assert set(preset) == set(keras_d2v2.presets.SECTIONS), (modality, name)
 
 
 def test_a_builtin_name_builds_the_same_model_as_the_modality_builder():

@@ -159,7 +159,7 @@ def test_training_curves_from_a_real_fit_and_its_csv_log(tmp_path):
 
 
 def test_training_curves_from_per_epoch_dicts(tmp_path):
-    rows = [{"loss": 3.0, "target_var": 0.5}, {"loss": 2.0, "target_var": 0.4}, {"loss": 1.5, "target_var": 0.45}]
+    rows = [{"loss": 3.0, "target_std": 0.5}, {"loss": 2.0, "target_std": 0.4}, {"loss": 1.5, "target_std": 0.45}]
     path = tmp_path / "curves.png"
     figure = plot_training_curves(rows, path=path, yscale="log")
     ((x, loss),), ((_, var),) = lines(figure.axes[0]), lines(figure.axes[1])

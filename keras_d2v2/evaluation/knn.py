@@ -15,27 +15,28 @@ class _PooledFeatures(keras.Model):
         self.encoder = encoder
 
     def call(self, inputs):
-        hidden = self.encoder(inputs, training=False)[:, self.encoder.num_extra_tokens :]
-        padding = self.encoder.padding_mask(inputs)
-        if padding is None:
-            pooled = ops.mean(hidden, axis=1)
-        else:
-            weights = ops.cast(ops.logical_not(padding), hidden.dtype)[..., None]
-            pooled = ops.sum(hidden * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
-        return ops.cast(pooled, "float32")
+        source, padding = inputs, None
+        if isinstance(inputs, dict):
+            source, padding = inputs[self.encoder.input_name], inputs.get("padding_mask")
+        hidden = self.encoder(source, training=False, padding_mask=padding)
+        return ops.cast(self.encoder.mean_pool(hidden, source, padding), "float32")
 
 
 def encoder_features(encoder, inputs, batch_size=512):
-    """Mean of the encoder's final tokens (CLS excluded; padding excluded for encoders whose
-    `padding_mask(inputs)` marks some, e.g. text), L2-normalized, as numpy (N, D)."""
-    count = len(inputs)
+    """Mean of the encoder's final tokens over each input's real tokens (CLS and padding left out:
+    `Encoder.mean_pool`), L2-normalized, as numpy (N, D). `inputs` is what the encoder takes: an
+    array, or for audio of different lengths a dict `{"audio": (N, samples), "padding_mask": (N,
+    samples)}` (True = padding)."""
+    arrays = inputs if isinstance(inputs, dict) else {"x": inputs}
+    count = len(next(iter(arrays.values())))
     batch_size = min(batch_size, count)
     # Whole batches only: one input shape to compile, and under a `keras.distribution` every batch
     # splits over the data-parallel devices. The repeated rows are dropped from the result.
     padding = -count % batch_size
     if padding:
-        inputs = np.concatenate([inputs, np.repeat(np.asarray(inputs[-1:]), padding, axis=0)])
-    features = _PooledFeatures(encoder).predict(inputs, batch_size=batch_size, verbose=0)[:count]
+        arrays = {k: np.concatenate([v, np.repeat(np.asarray(v[-1:]), padding, axis=0)]) for k, v in arrays.items()}
+    batches = arrays if isinstance(inputs, dict) else arrays["x"]
+    features = _PooledFeatures(encoder).predict(batches, batch_size=batch_size, verbose=0)[:count]
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 

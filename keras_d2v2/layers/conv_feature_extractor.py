@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_d2v2.layers.random_state import initializer_seed
+from keras_d2v2.layers.random_state import derived_seed
 
 # The reference's `feature_encoder_spec`: (channels, kernel, stride) per layer; stride 320 (20 ms at
 # 16 kHz) and a receptive field of 400 samples (25 ms) in all.
@@ -72,7 +72,7 @@ class ConvFeatureExtractor(keras.layers.Layer):
                     use_bias=False,
                     # torch's kaiming_normal_: N(0, 2 / fan_in), not truncated.
                     kernel_initializer=keras.initializers.VarianceScaling(
-                        2.0, "fan_in", "untruncated_normal", seed=initializer_seed(seed, f"conv{i}")
+                        2.0, "fan_in", "untruncated_normal", seed=derived_seed(seed, f"conv{i}")
                     ),
                     dtype=self.dtype_policy,
                     name=f"conv{i}",

@@ -3,12 +3,11 @@
 import keras
 from keras import ops
 
-from keras_d2v2.layers.conv_decoder import check_conv_impl, same_grouped_conv, torch_default_uniform
-from keras_d2v2.layers.random_state import initializer_seed
+from keras_d2v2.layers.grouped_conv import GroupedConvStack, check_conv_impl
 
 
 @keras.saving.register_keras_serializable(package="keras_d2v2")
-class ConvPositionalEncoding(keras.layers.Layer):
+class ConvPositionalEncoding(GroupedConvStack, keras.layers.Layer):
     """Positional information from a stack of grouped 1-D convolutions over frames `(N, T, D)`.
 
     `depth` layers of [grouped Conv1D (D -> D, kernel `max(3, width // depth)`, "same" padding with
@@ -47,39 +46,15 @@ class ConvPositionalEncoding(keras.layers.Layer):
         dim = input_shape[-1]
         if dim % self.groups:
             raise ValueError(f"`groups` ({self.groups}) must divide the frame dimension ({dim}).")
-        fan_in = dim // self.groups * self.kernel_size
-        self.kernels, self.biases, self.norms = [], [], []
-        # One initializer per weight: a shared instance holds one seed, so every conv would start equal.
-        for i in range(self.depth):
-            self.kernels.append(
-                self.add_weight(
-                    shape=(self.kernel_size, dim // self.groups, dim),
-                    initializer=torch_default_uniform(fan_in, initializer_seed(self.seed, f"conv{i}_kernel")),
-                    name=f"conv{i}_kernel",
-                )
-            )
-            self.biases.append(
-                self.add_weight(
-                    shape=(dim,),
-                    initializer=torch_default_uniform(fan_in, initializer_seed(self.seed, f"conv{i}_bias")),
-                    name=f"conv{i}_bias",
-                )
-            )
-            norm = keras.layers.LayerNormalization(
-                epsilon=1e-5, center=False, scale=False, dtype=self.dtype_policy, name=f"norm{i}"
-            )
-            norm.build((None, None, None, dim))
-            self.norms.append(norm)
+        self.build_conv_stack(
+            in_channels=dim, out_channels=dim, kernel_window=(self.kernel_size,), groups=self.groups, num_layers=self.depth
+        )
 
     def call(self, x, padding_mask=None):
         dim = x.shape[-1]
         x = ops.expand_dims(x, 2)
         real = None if padding_mask is None else (1.0 - ops.cast(padding_mask, x.dtype))[:, :, None, None]
-        for kernel, bias, norm in zip(self.kernels, self.biases, self.norms):
-            if real is not None:
-                x = x * real
-            x = same_grouped_conv(x, ops.expand_dims(kernel, 1), bias, self.groups, self.conv_impl, pad_width=False)
-            x = ops.gelu(norm(x), approximate=False)
+        x = self.apply_conv_stack(x, groups=self.groups, conv_impl=self.conv_impl, real=real, pad_width=False)
         return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], dim))
 
     def compute_output_shape(self, input_shape):

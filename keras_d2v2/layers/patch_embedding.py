@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_d2v2.layers.random_state import initializer_seed
+from keras_d2v2.layers.random_state import derived_seed
 
 
 def sincos_positions_2d(embed_dim, grid_size):
@@ -71,10 +71,10 @@ class PatchEmbedding(keras.layers.Layer):
             patch_size,
             strides=patch_size,
             kernel_initializer=keras.initializers.RandomUniform(
-                -xavier_limit, xavier_limit, seed=initializer_seed(seed, "projection_kernel")
+                -xavier_limit, xavier_limit, seed=derived_seed(seed, "projection_kernel")
             ),
             bias_initializer=keras.initializers.RandomUniform(
-                -bias_limit, bias_limit, seed=initializer_seed(seed, "projection_bias")
+                -bias_limit, bias_limit, seed=derived_seed(seed, "projection_bias")
             ),
             dtype=self.dtype_policy,
             name="projection",

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_d2v2.layers.inverse_block_masking import check_masking_args, keep_top_k, num_visible_tokens
+from keras_d2v2.layers.masking import check_masking_args, keep_top_k, num_visible_tokens
 from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
 
 

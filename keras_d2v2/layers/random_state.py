@@ -8,20 +8,22 @@ import keras
 from keras_d2v2.replicas import data_parallel_replica
 
 
-def initializer_seed(seed, weight_name):
-    """Integer seed for the initializer of the weight `weight_name` of a layer seeded `seed`.
+def derived_seed(seed, name):
+    """The seed of the part `name` (a weight, a sublayer, a component) of something seeded `seed`.
 
-    `None` when the layer has no seed: Keras then draws one from its global random state, as for
-    any unseeded initializer. Otherwise the seed is a stable hash of `(seed, weight_name)`, so a
-    model built with a seed starts from the same weights every time and no two of its weights,
-    even of the same shape, start from the same values.
+    The package's one seeding scheme: every seed below a model's `seed` is derived from it by
+    name, for initializers (`derived_seed(layer.seed, "fc1")`) and for components alike
+    (`derived_seed(model_seed, "encoder")`, `derived_seed(encoder_seed, "block3")`). `None` when
+    `seed` is None: Keras then draws from its global random state, as for any unseeded
+    initializer. Otherwise it is a stable hash of `(seed, name)`, so a model built with a seed
+    starts from the same weights every time and no two of its parts share a random stream.
 
     Example:
-    >>> init = keras.initializers.RandomNormal(stddev=0.02, seed=initializer_seed(7, "fc1"))
+    >>> init = keras.initializers.RandomNormal(stddev=0.02, seed=derived_seed(7, "fc1"))
     """
     if seed is None:
         return None
-    return zlib.crc32(f"{int(seed)}/{weight_name}".encode()) & 0x7FFFFFFF
+    return zlib.crc32(f"{int(seed)}/{name}".encode()) & 0x7FFFFFFF
 
 
 class SavesRandomState:

@@ -1,14 +1,14 @@
 """The data2vec 2.0 transformer block (`AltBlock`): post-LN by default, returns its FFN output."""
 
 import keras
-import numpy as np
 from keras import ops
-from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState, initializer_seed
+
+from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState, derived_seed
 
 
 def bert_init(seed=None):
     """N(0, 0.02), the reference's `init_bert_params`. A fresh instance per weight, with its own
-    `seed` (`initializer_seed`): one shared seeded instance would give every layer of the same shape
+    `seed` (`derived_seed`): one shared seeded instance would give every layer of the same shape
     the same values."""
     return keras.initializers.RandomNormal(stddev=0.02, seed=seed)
 
@@ -81,7 +81,7 @@ class TransformerBlock(SavesRandomState, keras.layers.Layer):
         def dense(units, name):
             return keras.layers.Dense(
                 units,
-                kernel_initializer=bert_init(initializer_seed(self.seed, name)),
+                kernel_initializer=bert_init(derived_seed(self.seed, name)),
                 bias_initializer="zeros",
                 dtype=self.dtype_policy,
                 name=name,
@@ -179,39 +179,3 @@ class TransformerBlock(SavesRandomState, keras.layers.Layer):
             seed=self.seed,
         )
         return config
-
-
-def block_stack(names, *, drop_path_rate=0.0, seed=None, **block_kwargs):
-    """`TransformerBlock`s named `names`, in order, with stochastic depth rising linearly from 0 to
-    `drop_path_rate` over the whole stack (the reference's schedule) and dropout seeds
-    `seed + 1 + i`; `block_kwargs` go to every block."""
-    rates = np.linspace(0.0, drop_path_rate, len(names))
-    return [
-        TransformerBlock(
-            drop_path_rate=float(rate), seed=None if seed is None else seed + 1 + i, name=name, **block_kwargs
-        )
-        for i, (name, rate) in enumerate(zip(names, rates))
-    ]
-
-
-def encoder_stack(*, prenet_depth, depth, norm_eps, layer_norm_first, drop_path_rate=0.0, seed=None, dtype=None,
-                  **block_kwargs):
-    """The blocks of an image or audio encoder, as the reference's `BlockEncoder` + main blocks:
-    `(prenet_blocks, blocks, context_norm, final_norm)`. Post-LN normalizes the first block's input
-    (`context_norm`, no `final_norm`); pre-LN normalizes the last block's output instead. Stochastic
-    depth rises over prenet and main blocks together."""
-    blocks = block_stack(
-        [f"prenet_block{i}" for i in range(prenet_depth)] + [f"block{i}" for i in range(depth)],
-        drop_path_rate=drop_path_rate,
-        seed=seed,
-        norm_eps=norm_eps,
-        layer_norm_first=layer_norm_first,
-        dtype=dtype,
-        **block_kwargs,
-    )
-    norm = keras.layers.LayerNormalization(
-        epsilon=norm_eps, dtype=dtype, name="final_norm" if layer_norm_first else "context_norm"
-    )
-    if layer_norm_first:
-        return blocks[:prenet_depth], blocks[prenet_depth:], None, norm
-    return blocks[:prenet_depth], blocks[prenet_depth:], norm, None

@@ -1,7 +1,6 @@
 """Utterance classification on a data2vec 2.0 speech encoder."""
 
 import keras
-from keras import ops
 
 from keras_d2v2.models.audio_encoder import AudioEncoder
 from keras_d2v2.models.encoder_classifier import EncoderClassifier
@@ -54,12 +53,7 @@ class AudioClassifier(EncoderClassifier):
         else:
             audio, padding_mask = inputs, None
         hidden = self.encoder(audio, training=training, padding_mask=padding_mask)
-        if padding_mask is None:
-            pooled = ops.mean(hidden, axis=1)
-        else:
-            real = ops.cast(ops.logical_not(self.encoder.padding_mask(audio, padding_mask)), hidden.dtype)[..., None]
-            pooled = ops.sum(hidden * real, axis=1) / ops.maximum(ops.sum(real, axis=1), 1.0)
-        return self.head(self.fc_norm(pooled))
+        return self.head(self.fc_norm(self.encoder.mean_pool(hidden, audio, padding_mask)))
 
     def get_config(self):
         config = super().get_config()

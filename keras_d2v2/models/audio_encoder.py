@@ -5,7 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_d2v2.layers.alibi import ALiBiBias
-from keras_d2v2.layers.conv_decoder import torch_default_uniform
+from keras_d2v2.layers.attention_bias import padding_attention_bias
 from keras_d2v2.layers.conv_feature_extractor import (
     BASE_FEATURE_LAYERS,
     ConvFeatureExtractor,
@@ -14,13 +14,14 @@ from keras_d2v2.layers.conv_feature_extractor import (
     receptive_field,
 )
 from keras_d2v2.layers.conv_positional_encoding import ConvPositionalEncoding
-from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState, initializer_seed
-from keras_d2v2.layers.transformer_block import encoder_stack
-from keras_d2v2.models.text_encoder import _is_concrete, padding_attention_bias
+from keras_d2v2.layers.grouped_conv import torch_default_uniform
+from keras_d2v2.layers.masking import gather_tokens
+from keras_d2v2.layers.random_state import derived_seed
+from keras_d2v2.models.encoder import Encoder, is_concrete
 
 
 @keras.saving.register_keras_serializable(package="keras_d2v2")
-class AudioEncoder(SavesRandomState, keras.layers.Layer):
+class AudioEncoder(Encoder):
     """Speech encoder in the reference layout (`AudioEncoder` of data2vec 2.0).
 
     `embed(audio)` gives the local features `(B, T, D)`: each waveform normalized to zero mean and
@@ -66,12 +67,21 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
     """
 
     input_name = "audio"
-    num_extra_tokens = 0
-    # The teacher encodes the student's CNN features instead of embedding the input itself.
-    teacher_embeds_input = False
-    # Positions come from the conv positional encoder and ALiBi, which need the frame indices.
-    relative_positions = True
-    takes_padding_mask = True
+    extra_input_keys = ("padding_mask",)
+    own_args = (
+        "feature_layers",
+        "prenet_depth",
+        "prenet_dropout",
+        "layerdrop",
+        "prenet_layerdrop",
+        "conv_pos_width",
+        "conv_pos_depth",
+        "conv_pos_groups",
+        "learned_alibi_scale",
+        "normalize_waveform",
+        "sample_rate",
+        "contextualize_only",
+    )
 
     def __init__(
         self,
@@ -102,29 +112,27 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
         seed=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        if depth < 1:
-            raise ValueError(f"`depth` must be >= 1, got {depth}.")
-        for name, rate in (("layerdrop", layerdrop), ("prenet_layerdrop", prenet_layerdrop)):
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1), got {rate}.")
+        super().__init__(
+            embed_dim=embed_dim,
+            depth=depth,
+            prenet_depth=prenet_depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            norm_eps=norm_eps,
+            layer_norm_first=layer_norm_first,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            activation_dropout=activation_dropout,
+            post_mlp_dropout=post_mlp_dropout,
+            prenet_dropout=prenet_dropout,
+            layerdrop=layerdrop,
+            prenet_layerdrop=prenet_layerdrop,
+            drop_path_rate=drop_path_rate,
+            seed=seed,
+            **kwargs,
+        )
         self.feature_layers = check_feature_layers(feature_layers)
         self.receptive_field = receptive_field(self.feature_layers)
-        self.embed_dim = embed_dim
-        self.depth = depth
-        self.prenet_depth = prenet_depth
-        self.num_heads = num_heads
-        self.mlp_ratio = mlp_ratio
-        self.norm_eps = norm_eps
-        self.layer_norm_first = layer_norm_first
-        self.dropout = dropout
-        self.attention_dropout = attention_dropout
-        self.activation_dropout = activation_dropout
-        self.post_mlp_dropout = post_mlp_dropout
-        self.prenet_dropout = prenet_dropout
-        self.layerdrop = layerdrop
-        self.prenet_layerdrop = prenet_layerdrop
-        self.drop_path_rate = drop_path_rate
         self.conv_pos_width = conv_pos_width
         self.conv_pos_depth = conv_pos_depth
         self.conv_pos_groups = conv_pos_groups
@@ -132,9 +140,7 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
         self.normalize_waveform = normalize_waveform
         self.sample_rate = sample_rate
         self.contextualize_only = contextualize_only
-        self.seed = seed
         self.num_tokens = None  # any clip length
-        self.seed_generator = ReplicaSeedGenerator(seed)
 
         if not contextualize_only:
             self.feature_extractor = ConvFeatureExtractor(
@@ -146,8 +152,8 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
             channels = self.feature_layers[-1][0]
             self.feature_projection = keras.layers.Dense(
                 embed_dim,
-                kernel_initializer=torch_default_uniform(channels, initializer_seed(seed, "feature_projection_kernel")),
-                bias_initializer=torch_default_uniform(channels, initializer_seed(seed, "feature_projection_bias")),
+                kernel_initializer=torch_default_uniform(channels, derived_seed(seed, "feature_projection_kernel")),
+                bias_initializer=torch_default_uniform(channels, derived_seed(seed, "feature_projection_bias")),
                 dtype=self.dtype_policy,
                 name="feature_projection",
             )
@@ -156,41 +162,30 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
             name="conv_positions",
         )
         self.alibi = ALiBiBias(num_heads=num_heads, learned_scale=learned_alibi_scale, name="alibi")
-        self.prenet_blocks, self.blocks, self.context_norm, self.final_norm = encoder_stack(
-            prenet_depth=prenet_depth,
-            depth=depth,
-            drop_path_rate=drop_path_rate,
-            seed=seed,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            norm_eps=norm_eps,
-            layer_norm_first=layer_norm_first,
-            dropout=dropout,
-            attention_dropout=attention_dropout,
-            activation_dropout=activation_dropout,
-            post_mlp_dropout=post_mlp_dropout,
-            dtype=self.dtype_policy,
-        )
+        self.make_transformer()
 
     def teacher_config(self):
         """Config of the EMA teacher: everything but the feature extractor and its projection."""
         return {**self.get_config(), "name": "teacher", "contextualize_only": True}
 
-    def build(self, input_shape=None):
-        frame_shape = (None, None, self.embed_dim)
+    def build_feature_encoder(self):
         if not self.contextualize_only:
             self.feature_extractor.build((None, None))
             channels = self.feature_layers[-1][0]
             self.feature_norm.build((None, None, channels))
             self.feature_projection.build((None, None, channels))
-        self.conv_positions.build(frame_shape)
+        self.conv_positions.build((None, None, self.embed_dim))
         self.alibi.build()
-        for layer in self.prenet_blocks + self.blocks + [n for n in (self.context_norm, self.final_norm) if n]:
-            layer.build(frame_shape)
 
     def output_length(self, num_samples):
         """Frames for `num_samples` samples (int or integer tensor)."""
         return conv_output_length(num_samples, self.feature_layers)
+
+    def check_feature_encoder(self, name="encoder"):
+        if self.contextualize_only:
+            raise ValueError(
+                f"`{name}` was built with `contextualize_only=True` (an EMA teacher) and has no feature extractor."
+            )
 
     def check_sample_rate(self, sample_rate):
         """Raises a ValueError unless `sample_rate` is the rate this encoder was built for."""
@@ -201,7 +196,7 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
                 f"{sample_rate}, axis=-1)."
             )
 
-    def check_inputs(self, audio, check_values=True, padding_mask=None):
+    def check_inputs(self, audio, padding_mask=None, check_values=True):
         """Raises a ValueError naming the problem if `audio` cannot be embedded. With `check_values`
         and concrete values (eager calls, and the arrays `Data2Vec2.fit()` is given), rows whose
         real samples are fewer than the receptive field are refused."""
@@ -228,7 +223,7 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
                 raise ValueError(
                     f"`padding_mask` must have the shape of `audio` {shape}, got {tuple(padding_mask.shape)}."
                 )
-            if check_values and _is_concrete(padding_mask) and shape[0]:
+            if check_values and is_concrete(padding_mask) and shape[0]:
                 real = np.sum(~ops.convert_to_numpy(padding_mask).astype(bool), axis=1)
                 if real.min() < field:
                     raise ValueError(
@@ -247,11 +242,7 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
 
     def embed(self, audio, training=None, padding_mask=None):
         """Normalized waveform -> conv features -> LayerNorm -> projection, `(B, T, D)`."""
-        if self.contextualize_only:
-            raise ValueError(
-                "This AudioEncoder was built with `contextualize_only=True` (an EMA teacher) and has no "
-                "feature extractor."
-            )
+        self.check_feature_encoder("This AudioEncoder")
         self.check_inputs(audio, check_values=not training, padding_mask=padding_mask)
         x = ops.cast(audio, "float32")
         real = None if padding_mask is None else 1.0 - ops.cast(padding_mask, "float32")
@@ -269,54 +260,26 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
         x = self.feature_extractor(ops.cast(x, self.compute_dtype))
         return self.feature_projection(self.feature_norm(x))
 
-    def positional_encoding(self, x, mask=None, padding_mask=None):
-        """The conv positional encoding of frames `x` `(N, T, D)` with the masked frames (`mask`
-        `(N, T)`, 1 = masked) set to zero at its input, as the reference, and padded frames
-        (`padding_mask`, True = padding) held at zero throughout."""
+    def relative_positions(self, tokens, *, mask=None, ids_keep=None, clone_batch=1, padding_mask=None):
+        """The conv positional encoding, computed on each clone's full frame sequence with its
+        masked frames (`mask`, 1 = masked) set to zero at the input, as the reference, and padded
+        frames (`padding_mask`, True = padding) held at zero throughout; kept at the visible frames
+        `ids_keep` when given."""
+        x = tokens if clone_batch == 1 else ops.repeat(tokens, clone_batch, axis=0)
         if mask is not None:
             x = x * (1.0 - ops.cast(mask, x.dtype))[..., None]
         if padding_mask is None:
-            return self.conv_positions(x)
-        return self.conv_positions(x, padding_mask=padding_mask)
+            encoding = self.conv_positions(x)
+        else:
+            encoding = self.conv_positions(x, padding_mask=padding_mask)
+        return encoding if ids_keep is None else gather_tokens(encoding, ids_keep)
 
-    def encode(self, x, padding_mask=None, positions=None, training=None):
-        """Context LayerNorm, prenet and main blocks on frames `x` `(N, T', D)` (positional encoding
-        already added) at original frame indices `positions` `(N, T')` (default `0..T'-1`); returns
-        `(hidden, ffn_outputs)`."""
-        if positions is None:
-            positions = ops.arange(ops.shape(x)[1], dtype="int32")[None, :]
+    def attention_bias(self, positions, padding_mask=None):
+        """The ALiBi bias of frames at their original indices `positions`, plus padded keys hidden."""
         bias = self.alibi(positions)
         if padding_mask is not None:
             bias = bias + padding_attention_bias(padding_mask)
-        if self.context_norm is not None:
-            x = self.context_norm(x)
-        if training and self.prenet_dropout > 0.0:
-            x = keras.random.dropout(x, self.prenet_dropout, seed=self.seed_generator)
-        for block in self.prenet_blocks:
-            x, _ = self._block(block, x, bias, self.prenet_layerdrop, training)
-        ffn_outputs = []
-        for block in self.blocks:
-            x, ffn = self._block(block, x, bias, self.layerdrop, training)
-            ffn_outputs.append(ffn)
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        return x, ffn_outputs
-
-    def _block(self, block, x, bias, layerdrop, training):
-        out, ffn = block(x, attention_bias=bias, training=training)
-        if training and layerdrop > 0.0:
-            # One draw per step for the whole batch, as the reference's `np.random.random() > layerdrop`.
-            # The block still runs (a data-dependent branch would not compile the same on every backend).
-            keep = keras.random.uniform((), seed=self.seed_generator) >= layerdrop
-            out = ops.where(keep, out, x)
-        return out, ffn
-
-    def call(self, audio, training=None, padding_mask=None):
-        x = self.embed(audio, training=training, padding_mask=padding_mask)
-        frame_padding = self.padding_mask(audio, padding_mask)
-        x = x + self.positional_encoding(x, padding_mask=frame_padding)
-        hidden, _ = self.encode(x, padding_mask=frame_padding, training=training)
-        return hidden
+        return bias
 
     def compute_output_shape(self, input_shape):
         frames = None if input_shape[1] is None else self.output_length(input_shape[1])
@@ -324,30 +287,5 @@ class AudioEncoder(SavesRandomState, keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            feature_layers=[list(layer) for layer in self.feature_layers],
-            embed_dim=self.embed_dim,
-            depth=self.depth,
-            prenet_depth=self.prenet_depth,
-            num_heads=self.num_heads,
-            mlp_ratio=self.mlp_ratio,
-            norm_eps=self.norm_eps,
-            layer_norm_first=self.layer_norm_first,
-            dropout=self.dropout,
-            attention_dropout=self.attention_dropout,
-            activation_dropout=self.activation_dropout,
-            post_mlp_dropout=self.post_mlp_dropout,
-            prenet_dropout=self.prenet_dropout,
-            layerdrop=self.layerdrop,
-            prenet_layerdrop=self.prenet_layerdrop,
-            drop_path_rate=self.drop_path_rate,
-            conv_pos_width=self.conv_pos_width,
-            conv_pos_depth=self.conv_pos_depth,
-            conv_pos_groups=self.conv_pos_groups,
-            learned_alibi_scale=self.learned_alibi_scale,
-            normalize_waveform=self.normalize_waveform,
-            sample_rate=self.sample_rate,
-            contextualize_only=self.contextualize_only,
-            seed=self.seed,
-        )
+        config["feature_layers"] = [list(layer) for layer in self.feature_layers]
         return config

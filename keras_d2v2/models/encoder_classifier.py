@@ -2,6 +2,9 @@
 
 import keras
 
+from keras_d2v2.optimizers import exclude_1d_weights_from_weight_decay
+from keras_d2v2.pretraining.data2vec2 import Data2Vec2
+
 
 class EncoderClassifier(keras.Model):
     """Base of `ImageClassifier`, `AudioClassifier` and `TextClassifier`: a pre-trained encoder and a head.
@@ -21,11 +24,7 @@ class EncoderClassifier(keras.Model):
                 f"`encoder` must be an instance of `{self.encoder_class.__name__}` (a {self.modality} encoder), got "
                 f"{type(encoder).__name__}; {type(self).__name__} classifies {self.modality} only."
             )
-        for teacher_flag in ("blocks_only", "contextualize_only"):
-            if getattr(encoder, teacher_flag, False):
-                raise ValueError(
-                    f"`encoder` was built with `{teacher_flag}=True` (an EMA teacher) and cannot embed inputs."
-                )
+        encoder.check_feature_encoder("encoder")
         if not (isinstance(num_classes, int) and num_classes >= 2):
             raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}.")
         super().__init__(**kwargs)
@@ -53,8 +52,6 @@ class EncoderClassifier(keras.Model):
         """A classifier on a copy of the student encoder of `pretrained`, a `Data2Vec2` model or the
         path of one saved with `model.save()`. `encoder_overrides` (e.g. `drop_path_rate=0.1`)
         change the copy's configuration, not its weights."""
-        from keras_d2v2.models.data2vec2 import Data2Vec2
-
         if isinstance(pretrained, str):
             pretrained = keras.saving.load_model(pretrained)
         if not isinstance(pretrained, Data2Vec2):
@@ -65,9 +62,7 @@ class EncoderClassifier(keras.Model):
         """As `keras.Model.compile`; 1-D weights (biases, LayerNorm) are kept out of the optimizer's
         weight decay, as in the reference's fine-tuning parameter groups."""
         super().compile(optimizer=optimizer, **kwargs)
-        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        if getattr(inner, "weight_decay", None):
-            inner.exclude_from_weight_decay(var_list=[v for v in self.trainable_variables if len(v.shape) <= 1])
+        exclude_1d_weights_from_weight_decay(self.optimizer, self.trainable_variables)
 
     def build_from_config(self, config):
         # Every weight is created in __init__; tracing `call` on the saved input shape (Keras'
@@ -87,7 +82,7 @@ class EncoderClassifier(keras.Model):
         CLS token, LayerNorms outside the blocks and the head keep the full learning rate."""
         if not 0.0 < layer_decay <= 1.0:
             raise ValueError(f"`layer_decay` must be in (0, 1], got {layer_decay}.")
-        blocks = list(getattr(self.encoder, "prenet_blocks", [])) + list(self.encoder.blocks)
+        blocks = list(self.encoder.prenet_blocks) + list(self.encoder.blocks)
         multipliers = {}
         for i, block in enumerate(blocks):
             for variable in block.trainable_variables:

@@ -1,7 +1,6 @@
 """Image classification on a data2vec 2.0 image encoder, with the reference's fine-tuning head."""
 
 import keras
-from keras import ops
 
 from keras_d2v2.models.encoder_classifier import EncoderClassifier
 from keras_d2v2.models.image_encoder import ImageEncoder
@@ -42,8 +41,7 @@ class ImageClassifier(EncoderClassifier):
 
     def call(self, images, training=None):
         hidden = self.encoder(images, training=training)
-        pooled = ops.mean(hidden[:, self.encoder.num_extra_tokens :], axis=1)
-        return self.head(self.fc_norm(pooled))
+        return self.head(self.fc_norm(self.encoder.mean_pool(hidden, images)))
 
     def get_config(self):
         config = super().get_config()

@@ -2,14 +2,14 @@
 
 import keras
 from keras import ops
-from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState, initializer_seed
 
 from keras_d2v2.layers.patch_embedding import PatchEmbedding
-from keras_d2v2.layers.transformer_block import encoder_stack
+from keras_d2v2.layers.random_state import derived_seed
+from keras_d2v2.models.encoder import Encoder
 
 
 @keras.saving.register_keras_serializable(package="keras_d2v2")
-class ImageEncoder(SavesRandomState, keras.layers.Layer):
+class ImageEncoder(Encoder):
     """ViT encoder in the reference layout, usable on all tokens or on visible tokens only.
 
     `embed(images)` gives patch tokens with fixed sin-cos positions; `encode(tokens)` prepends
@@ -44,10 +44,8 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
     """
 
     input_name = "images"
-    # The teacher re-embeds the raw images with its own EMA patch embedding (`ema_local_encoder`).
-    teacher_embeds_input = True
-    relative_positions = False
-    takes_padding_mask = False
+    num_extra_tokens = 1
+    own_args = ("image_size", "patch_size", "channels", "prenet_depth", "prenet_dropout")
 
     def __init__(
         self,
@@ -71,29 +69,26 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
         seed=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        if depth < 1:
-            raise ValueError(f"`depth` must be >= 1, got {depth}.")
+        super().__init__(
+            embed_dim=embed_dim,
+            depth=depth,
+            prenet_depth=prenet_depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            norm_eps=norm_eps,
+            layer_norm_first=layer_norm_first,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            activation_dropout=activation_dropout,
+            post_mlp_dropout=post_mlp_dropout,
+            prenet_dropout=prenet_dropout,
+            drop_path_rate=drop_path_rate,
+            seed=seed,
+            **kwargs,
+        )
         self.image_size = image_size
         self.patch_size = patch_size
         self.channels = channels
-        self.embed_dim = embed_dim
-        self.depth = depth
-        self.prenet_depth = prenet_depth
-        self.num_heads = num_heads
-        self.mlp_ratio = mlp_ratio
-        self.norm_eps = norm_eps
-        self.layer_norm_first = layer_norm_first
-        self.dropout = dropout
-        self.attention_dropout = attention_dropout
-        self.activation_dropout = activation_dropout
-        self.post_mlp_dropout = post_mlp_dropout
-        self.prenet_dropout = prenet_dropout
-        self.drop_path_rate = drop_path_rate
-        self.seed = seed
-        self.num_extra_tokens = 1
-        self.seed_generator = ReplicaSeedGenerator(seed)
-
         self.patch_embedding = PatchEmbedding(
             image_size=image_size,
             patch_size=patch_size,
@@ -104,35 +99,20 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
             name="patch_embedding",
         )
         self.num_patches = self.num_tokens = self.patch_embedding.num_patches
-        self.prenet_blocks, self.blocks, self.context_norm, self.final_norm = encoder_stack(
-            prenet_depth=prenet_depth,
-            depth=depth,
-            drop_path_rate=drop_path_rate,
-            seed=seed,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            norm_eps=norm_eps,
-            layer_norm_first=layer_norm_first,
-            dropout=dropout,
-            attention_dropout=attention_dropout,
-            activation_dropout=activation_dropout,
-            post_mlp_dropout=post_mlp_dropout,
-            dtype=self.dtype_policy,
-        )
+        self.make_transformer()
 
-    def build(self, input_shape=None):
+    def build_feature_encoder(self):
         self.patch_embedding.build((None, self.image_size, self.image_size, self.channels))
         self.cls_token = self.add_weight(
             shape=(1, 1, self.embed_dim),
-            initializer=keras.initializers.RandomNormal(stddev=1.0, seed=initializer_seed(self.seed, "cls_token")),
+            initializer=keras.initializers.RandomNormal(stddev=1.0, seed=derived_seed(self.seed, "cls_token")),
             name="cls_token",
         )
-        token_shape = (None, None, self.embed_dim)
-        for layer in self.prenet_blocks + self.blocks + [n for n in (self.context_norm, self.final_norm) if n]:
-            layer.build(token_shape)
 
-    def check_inputs(self, images):
+    def check_inputs(self, images, padding_mask=None, check_values=True):
         """Raises a ValueError naming the problem if `images` cannot be embedded."""
+        if padding_mask is not None:
+            raise ValueError("ImageEncoder takes no `padding_mask`: every patch is real.")
         shape = tuple(images.shape)
         expected = (self.image_size, self.image_size, self.channels)
         if len(shape) != 4:
@@ -148,70 +128,24 @@ class ImageEncoder(SavesRandomState, keras.layers.Layer):
                 "(e.g. `images.astype('float32') / 255`, then normalize)."
             )
 
-    def teacher_config(self):
-        """Config of the EMA teacher: a full copy (it embeds the images itself)."""
-        return {**self.get_config(), "name": "teacher"}
+    def teacher_features(self, teacher, images, student_features=None, padding_mask=None):
+        """The teacher embeds the images with its own EMA patch embedding (the reference's
+        `ema_local_encoder`)."""
+        return teacher.embed(images)
 
-    def padding_mask(self, images):
-        """Images have no padding."""
-        return None
+    def token_positions(self):
+        """The fixed sin-cos positions `(T, D)` of the patches."""
+        return self.patch_embedding.positions[0]
 
-    def embed(self, images, training=None):
+    def embed(self, images, training=None, padding_mask=None):
         """Patch tokens with positions, `(B, T, D)`."""
-        self.check_inputs(images)
+        self.check_inputs(images, padding_mask)
         return self.patch_embedding(images)
 
-    def encode(self, tokens, padding_mask=None, training=None, attention_bias=None, return_layers=False):
-        """CLS + context encoder + main blocks on `tokens`; returns `(hidden, ffn_outputs)`.
-
-        `attention_bias` `(B|1, 1|H, T+1, T+1)` is added to every block's attention logits (CLS
-        first). With `return_layers`, also returns each block's (prenet and main, in order)
-        `(output, attention_probabilities)`, the latter float32 `(B, H, T+1, T+1)`."""
-        if padding_mask is not None:
-            raise ValueError("ImageEncoder takes no padding mask: every patch is real.")
+    def prepend_extra_tokens(self, tokens):
+        """The CLS token (no position) in front of `tokens`."""
         cls = ops.broadcast_to(ops.cast(self.cls_token, tokens.dtype), (ops.shape(tokens)[0], 1, self.embed_dim))
-        x = ops.concatenate([cls, tokens], axis=1)
-        if self.context_norm is not None:
-            x = self.context_norm(x)
-        if training and self.prenet_dropout > 0.0:
-            x = keras.random.dropout(x, self.prenet_dropout, seed=self.seed_generator)
-        ffn_outputs, layers = [], []
-        for i, block in enumerate(self.prenet_blocks + self.blocks):
-            x, ffn, *probs = block(x, attention_bias=attention_bias, training=training, return_attention=return_layers)
-            if i >= len(self.prenet_blocks):
-                ffn_outputs.append(ffn[:, self.num_extra_tokens :])
-            if return_layers:
-                layers.append((x, probs[0]))
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        return (x, ffn_outputs, layers) if return_layers else (x, ffn_outputs)
-
-    def call(self, images, training=None):
-        hidden, _ = self.encode(self.embed(images), training=training)
-        return hidden
+        return ops.concatenate([cls, tokens], axis=1)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_patches + self.num_extra_tokens, self.embed_dim)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            image_size=self.image_size,
-            patch_size=self.patch_size,
-            channels=self.channels,
-            embed_dim=self.embed_dim,
-            depth=self.depth,
-            prenet_depth=self.prenet_depth,
-            num_heads=self.num_heads,
-            mlp_ratio=self.mlp_ratio,
-            norm_eps=self.norm_eps,
-            layer_norm_first=self.layer_norm_first,
-            dropout=self.dropout,
-            attention_dropout=self.attention_dropout,
-            activation_dropout=self.activation_dropout,
-            post_mlp_dropout=self.post_mlp_dropout,
-            prenet_dropout=self.prenet_dropout,
-            drop_path_rate=self.drop_path_rate,
-            seed=self.seed,
-        )
-        return config

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_d2v2.layers.random_state import derived_seed
 from keras_d2v2.models.encoder_classifier import EncoderClassifier
 from keras_d2v2.models.text_encoder import TextEncoder
 
@@ -45,8 +46,9 @@ class TextClassifier(EncoderClassifier):
         )
         self.head = keras.layers.Dense(num_classes, kernel_initializer=init, dtype=self.dtype_policy, name="head")
         # Its own stream: the encoder's seed again would repeat the encoder's dropout draws.
-        head_seed = None if encoder.seed is None else encoder.seed + 1
-        self.head_dropout = keras.layers.Dropout(dropout, seed=head_seed, dtype=self.dtype_policy)
+        self.head_dropout = keras.layers.Dropout(
+            dropout, seed=derived_seed(encoder.seed, "head_dropout"), dtype=self.dtype_policy
+        )
         self.pooler.build((None, encoder.embed_dim))
         self.head.build((None, encoder.embed_dim))
 

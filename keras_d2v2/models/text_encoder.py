@@ -4,41 +4,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState, initializer_seed
-from keras_d2v2.layers.transformer_block import bert_init, block_stack
-
-# Added to attention logits at padded keys; finite so that float16 and all-padding rows stay NaN-free.
-PADDING_BIAS = -1e4
-
-
-def _is_concrete(x):
-    """Whether `x` holds values now (eager), rather than being traced into a compiled graph or
-    being a placeholder of Keras' shape inference (which fills torch inputs with ones)."""
-    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-
-    if isinstance(x, np.ndarray):
-        return True
-    if in_symbolic_scope():
-        return False
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return not isinstance(x, jax.core.Tracer)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.executing_eagerly() and hasattr(x, "numpy")
-    return backend in ("torch", "numpy")
-
-
-def padding_attention_bias(padding_mask):
-    """Additive bias `(N, 1, 1, T)` that hides padded keys, from a `(N, T)` mask (True = padding)."""
-    return ops.cast(padding_mask, "float32")[:, None, None, :] * PADDING_BIAS
+from keras_d2v2.layers.random_state import derived_seed
+from keras_d2v2.layers.transformer_block import bert_init
+from keras_d2v2.models.encoder import Encoder, is_concrete
 
 
 @keras.saving.register_keras_serializable(package="keras_d2v2")
-class TextEncoder(SavesRandomState, keras.layers.Layer):
+class TextEncoder(Encoder):
     """Transformer text encoder in the reference layout (`TextEncoder` + `TextLocalEncoder`).
 
     `embed(tokens)` gives the local features: token embedding (scale 1) plus a learned position
@@ -71,11 +43,9 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
     """
 
     input_name = "tokens"
-    num_extra_tokens = 0
-    # The teacher encodes the student's embeddings instead of embedding the input itself.
-    teacher_embeds_input = False
-    relative_positions = False
-    takes_padding_mask = False
+    # The embedding LayerNorm takes the place of the context encoder's.
+    post_ln_context_norm = False
+    own_args = ("vocab_size", "max_positions", "pad_id", "embedding_dropout", "blocks_only")
 
     def __init__(
         self,
@@ -99,34 +69,11 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
         seed=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        if depth < 1:
-            raise ValueError(f"`depth` must be >= 1, got {depth}.")
         if not 0 <= pad_id < vocab_size:
             raise ValueError(f"`pad_id` must be a token id in [0, {vocab_size}), got {pad_id}.")
-        self.vocab_size = vocab_size
-        self.max_positions = max_positions
-        self.pad_id = pad_id
-        self.embed_dim = embed_dim
-        self.depth = depth
-        self.num_heads = num_heads
-        self.mlp_ratio = mlp_ratio
-        self.norm_eps = norm_eps
-        self.layer_norm_first = layer_norm_first
-        self.dropout = dropout
-        self.attention_dropout = attention_dropout
-        self.activation_dropout = activation_dropout
-        self.post_mlp_dropout = post_mlp_dropout
-        self.embedding_dropout = embedding_dropout
-        self.drop_path_rate = drop_path_rate
-        self.blocks_only = blocks_only
-        self.seed = seed
-        self.num_tokens = None  # any length up to max_positions
-        self.seed_generator = ReplicaSeedGenerator(seed)
-        self.blocks = block_stack(
-            [f"block{i}" for i in range(depth)],
-            drop_path_rate=drop_path_rate,
-            seed=seed,
+        super().__init__(
+            embed_dim=embed_dim,
+            depth=depth,
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
             norm_eps=norm_eps,
@@ -135,44 +82,49 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
             attention_dropout=attention_dropout,
             activation_dropout=activation_dropout,
             post_mlp_dropout=post_mlp_dropout,
-            dtype=self.dtype_policy,
+            drop_path_rate=drop_path_rate,
+            seed=seed,
+            **kwargs,
         )
-        self.final_norm = (
-            keras.layers.LayerNormalization(epsilon=norm_eps, dtype=self.dtype_policy, name="final_norm")
-            if layer_norm_first
-            else None
-        )
+        self.vocab_size = vocab_size
+        self.max_positions = max_positions
+        self.pad_id = pad_id
+        self.embedding_dropout = embedding_dropout
+        self.blocks_only = blocks_only
+        self.num_tokens = None  # any length up to max_positions
+        self.make_transformer()
         self.embedding_norm = None
         if not blocks_only:
-            self.embedding_norm = keras.layers.LayerNormalization(
-                epsilon=norm_eps, dtype=self.dtype_policy, name="embedding_norm"
-            )
+            self.embedding_norm = self._layer_norm("embedding_norm")
 
     def teacher_config(self):
         """Config of the EMA teacher: the blocks only."""
         return {**self.get_config(), "name": "teacher", "blocks_only": True}
 
-    def build(self, input_shape=None):
+    def build_feature_encoder(self):
         if not self.blocks_only:
             self.token_embedding = self.add_weight(
                 shape=(self.vocab_size, self.embed_dim),
-                initializer=bert_init(initializer_seed(self.seed, "token_embedding")),
+                initializer=bert_init(derived_seed(self.seed, "token_embedding")),
                 name="token_embedding",
             )
             self.position_embedding = self.add_weight(
                 shape=(self.max_positions + self.pad_id + 1, self.embed_dim),
-                initializer=bert_init(initializer_seed(self.seed, "position_embedding")),
+                initializer=bert_init(derived_seed(self.seed, "position_embedding")),
                 name="position_embedding",
             )
             self.embedding_norm.build((None, None, self.embed_dim))
-        for layer in self.blocks + ([self.final_norm] if self.final_norm else []):
-            layer.build((None, None, self.embed_dim))
 
-    def check_inputs(self, tokens, check_values=True):
+    def check_inputs(self, tokens, padding_mask=None, check_values=True):
         """Raises a ValueError naming the problem if `tokens` cannot be embedded. With
         `check_values`, ids are checked against the vocabulary when their values are known (eager
         calls, and the arrays `Data2Vec2.fit()` is given); training steps skip it, since reading
         values would stall every step on an accelerator."""
+        if padding_mask is not None:
+            raise ValueError(
+                "TextEncoder takes no `padding_mask`: padding is where the tokens are `pad_id` "
+                f"({self.pad_id})."
+            )
         shape = tuple(tokens.shape)
         if len(shape) != 2:
             raise ValueError(f"`tokens` must have rank 2 (batch, sequence), got shape {shape}.")
@@ -184,22 +136,25 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
                 f"`tokens` has {shape[1]} positions but the position table holds {self.max_positions} "
                 "(`max_positions`); cut the text into shorter blocks."
             )
-        if check_values and _is_concrete(tokens) and int(np.prod(shape)):
+        if check_values and is_concrete(tokens) and int(np.prod(shape)):
             low, high = (int(ops.convert_to_numpy(f(tokens))) for f in (ops.min, ops.max))
             if low < 0 or high >= self.vocab_size:
                 raise ValueError(
                     f"`tokens` holds ids in [{low}, {high}], outside the vocabulary [0, {self.vocab_size})."
                 )
 
-    def padding_mask(self, tokens):
+    def check_feature_encoder(self, name="encoder"):
+        if self.blocks_only:
+            raise ValueError(f"`{name}` was built with `blocks_only=True` (an EMA teacher) and has no embeddings.")
+
+    def padding_mask(self, tokens, padding_mask=None):
         """`(B, T)` bool, True at padding tokens."""
         return ops.equal(tokens, self.pad_id)
 
-    def embed(self, tokens, training=None):
+    def embed(self, tokens, training=None, padding_mask=None):
         """Token + position embeddings, LayerNorm and dropout, `(B, T, D)`: the local features."""
-        if self.blocks_only:
-            raise ValueError("This TextEncoder was built with `blocks_only=True` (an EMA teacher) and has no embeddings.")
-        self.check_inputs(tokens, check_values=not training)
+        self.check_feature_encoder("This TextEncoder")
+        self.check_inputs(tokens, padding_mask, check_values=not training)
         tokens = ops.cast(tokens, "int32")
         real = ops.cast(ops.not_equal(tokens, self.pad_id), "int32")
         positions = ops.cumsum(real, axis=1) * real + self.pad_id
@@ -210,43 +165,5 @@ class TextEncoder(SavesRandomState, keras.layers.Layer):
             x = keras.random.dropout(x, self.embedding_dropout, seed=self.seed_generator)
         return x
 
-    def encode(self, x, padding_mask=None, training=None):
-        """Main blocks on `x` `(N, T, D)`, padded keys hidden; returns `(hidden, ffn_outputs)`."""
-        bias = None if padding_mask is None else padding_attention_bias(padding_mask)
-        ffn_outputs = []
-        for block in self.blocks:
-            x, ffn = block(x, attention_bias=bias, training=training)
-            ffn_outputs.append(ffn)
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        return x, ffn_outputs
-
-    def call(self, tokens, training=None):
-        hidden, _ = self.encode(self.embed(tokens, training=training), self.padding_mask(tokens), training=training)
-        return hidden
-
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.embed_dim,)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            vocab_size=self.vocab_size,
-            max_positions=self.max_positions,
-            pad_id=self.pad_id,
-            embed_dim=self.embed_dim,
-            depth=self.depth,
-            num_heads=self.num_heads,
-            mlp_ratio=self.mlp_ratio,
-            norm_eps=self.norm_eps,
-            layer_norm_first=self.layer_norm_first,
-            dropout=self.dropout,
-            attention_dropout=self.attention_dropout,
-            activation_dropout=self.activation_dropout,
-            post_mlp_dropout=self.post_mlp_dropout,
-            embedding_dropout=self.embedding_dropout,
-            drop_path_rate=self.drop_path_rate,
-            blocks_only=self.blocks_only,
-            seed=self.seed,
-        )
-        return config

@@ -1,0 +1,161 @@
+"""Building a `Data2Vec2` from a preset (`keras_d2v2.presets`), and preset directories (a saved
+model's config and weights) in the keras-hub manner."""
+
+import inspect
+import json
+import os
+
+import keras
+
+from keras_d2v2.layers.random_state import derived_seed
+from keras_d2v2.presets import MODALITIES, PRESETS, SECTIONS, preset_names
+
+PRESET_CONFIG_FILE = "config.json"
+PRESET_WEIGHTS_FILE = "model.weights.h5"
+PRESET_METADATA_FILE = "metadata.json"
+
+# Flat names of decoder arguments that are not `decoder_` + the argument's own name.
+_DECODER_FLAT_NAMES = {"decoder_layers": "num_layers", "decoder_kernel": "kernel_size", "decoder_dim": "decoder_dim"}
+# Flat names of masking arguments that are not the argument's own name.
+_MASKING_FLAT_NAMES = {"inverse_mask": "inverse"}
+
+
+def _registered(class_name):
+    return keras.saving.get_registered_object(f"keras_d2v2>{class_name}")
+
+
+def modality_classes(modality):
+    """`{"encoder", "decoder", "masking", "targets", "model"}`: the classes a `modality` builds with."""
+    if modality not in MODALITIES:
+        raise ValueError(f"`modality` must be one of {sorted(MODALITIES)}, got {modality!r}.")
+    classes = {section: _registered(class_name) for section, class_name in MODALITIES[modality].items()}
+    classes["model"] = _registered("Data2Vec2")
+    return classes
+
+
+def _arguments(cls):
+    """Keyword arguments of `cls.__init__`, less those the builder sets itself."""
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs", "seed", "name", "dtype", *SECTIONS}
+
+
+def _section_of(name, classes):
+    """`(section, argument)` that a flat keyword argument `name` sets, or None."""
+    if name.startswith("decoder_"):
+        argument = _DECODER_FLAT_NAMES.get(name, name[len("decoder_") :])
+        return ("decoder", argument) if argument in _arguments(classes["decoder"]) else None
+    if name in _MASKING_FLAT_NAMES and _MASKING_FLAT_NAMES[name] in _arguments(classes["masking"]):
+        return "masking", _MASKING_FLAT_NAMES[name]
+    for section in ("encoder", "masking", "targets", "model"):
+        if name in _arguments(classes[section]):
+            return section, name
+    return None
+
+
+def build_model(modality, preset=None, **overrides):
+    """A freshly initialized `Data2Vec2` for `modality` ("image", "text", "audio") from the preset
+    named `preset` (`"base"` when None) with `overrides` applied.
+
+    An override is a flat keyword argument (an argument of the encoder, masking, targets or
+    `Data2Vec2`, by its own name; a decoder argument as `decoder_<name>`, e.g. `decoder_dim`,
+    `decoder_layers`, `decoder_kernel`, `decoder_groups`; `inverse_mask`), a section given as a
+    dict (`decoder={"kernel_size": 5}`), `seed` or `dtype`. With `seed`, every part's seed is
+    derived from it by name (`derived_seed(seed, "encoder")`, ...), so the initial weights, masks
+    and noise are a function of that seed alone.
+
+    Example:
+    >>> model = build_model("image", "tiny", depth=6, decoder_layers=2, seed=0)
+    """
+    classes = modality_classes(modality)
+    presets = PRESETS[modality]
+    name = "base" if preset is None else preset
+    if name not in presets:
+        raise ValueError(f"Unknown {modality} preset {preset!r}; available: {sorted(presets)}.")
+    config = {section: dict(values) for section, values in presets[name].items()}
+    seed, dtype = overrides.pop("seed", None), overrides.pop("dtype", None)
+    unknown = []
+    for key, value in overrides.items():
+        if key in SECTIONS and isinstance(value, dict):
+            bad = sorted(set(value) - _arguments(classes[key]))
+            if bad:
+                raise ValueError(f"Unknown argument(s) {bad} for the {key} of {_article(modality)} {modality} model.")
+            config[key].update(value)
+            continue
+        target = _section_of(key, classes)
+        if target is None:
+            unknown.append(key)
+        else:
+            config[target[0]][target[1]] = value
+    if unknown:
+        raise ValueError(f"Unknown argument(s) {sorted(unknown)} for {_article(modality)} {modality} model.")
+
+    def part(section, **kwargs):
+        return classes[section](**config[section], seed=derived_seed(seed, section), name=section, **kwargs)
+
+    return classes["model"](
+        encoder=part("encoder", dtype=dtype),
+        decoder=part("decoder", dtype=dtype),
+        masking=part("masking"),
+        targets=classes["targets"](**config["targets"], name="targets"),
+        **config["model"],
+        seed=derived_seed(seed, "model"),
+        dtype=dtype,
+    )
+
+
+def _article(word):
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def from_preset(preset, **overrides):
+    """A `Data2Vec2` from a built-in preset name (`preset_names()`) or a directory written by `save_to_preset`.
+
+    A built-in name builds a freshly initialized model (keyword `overrides` change its settings, as
+    for `Data2Vec2.image(...)`); a directory restores the saved model, weights included, as it was.
+    Nothing is downloaded.
+
+    Example:
+    >>> model = from_preset("image_tiny", seed=0)
+    >>> save_to_preset(model, "my_preset")
+    >>> same = from_preset("my_preset")
+    """
+    preset = os.fspath(preset)
+    if os.path.isdir(preset):
+        if overrides:
+            raise ValueError(
+                f"A preset directory restores a saved model as it was; settings {sorted(overrides)} cannot be changed."
+            )
+        config_path = os.path.join(preset, PRESET_CONFIG_FILE)
+        weights_path = os.path.join(preset, PRESET_WEIGHTS_FILE)
+        for path in (config_path, weights_path):
+            if not os.path.isfile(path):
+                raise ValueError(f"Preset directory {preset!r} has no {os.path.basename(path)}; write it with `save_to_preset`.")
+        with open(config_path) as f:
+            model = keras.saving.deserialize_keras_object(json.load(f))
+        model.load_weights(weights_path)
+        return model
+    modality, _, name = preset.partition("_")
+    if modality in PRESETS and name in PRESETS[modality]:
+        return build_model(modality, name, **overrides)
+    raise ValueError(
+        f"Unknown preset {preset!r}: no such directory, and not a built-in preset; built-in presets: {preset_names()}."
+    )
+
+
+def save_to_preset(model, directory):
+    """Writes `model` (a `Data2Vec2`) to `directory` as a preset: `config.json` (its Keras config),
+    `model.weights.h5` (every weight: student, decoder, teacher, EMA step counters) and
+    `metadata.json` (package version, modality, parameter count); `from_preset(directory)` restores it."""
+    from keras_d2v2 import __version__
+
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, PRESET_CONFIG_FILE), "w") as f:
+        json.dump(keras.saving.serialize_keras_object(model), f, indent=2)
+    model.save_weights(os.path.join(directory, PRESET_WEIGHTS_FILE))
+    metadata = {
+        "keras_d2v2_version": __version__,
+        "keras_version": keras.__version__,
+        "modality": model.encoder.input_name,
+        "encoder_parameters": int(model.encoder.count_params()),
+    }
+    with open(os.path.join(directory, PRESET_METADATA_FILE), "w") as f:
+        json.dump(metadata, f, indent=2)
