@@ -2,7 +2,7 @@
 # Both set themselves up first (Debian's Fashion-MNIST package, .venv with every backend).
 BACKEND ?= torch
 
-.PHONY: setup test pretrain finetune pretrain-text finetune-text pretrain-audio finetune-audio docs
+.PHONY: setup lint test pretrain finetune pretrain-text finetune-text pretrain-audio finetune-audio docs
 
 setup: .venv/.setup-done
 
@@ -12,6 +12,10 @@ setup: .venv/.setup-done
 
 test: setup
 	bash scripts/test_all_backends.sh
+
+# Ruff's lint and import order (pyproject.toml [tool.ruff]).
+lint: setup
+	.venv/bin/ruff check .
 
 # PyTorch is the fastest backend for this model on a 2-core CPU (benchmarks/README.md);
 # `make pretrain BACKEND=jax` or `BACKEND=tensorflow` runs the same recipe on the others.

@@ -422,6 +422,7 @@ def _timer_callback():
 def _guard(mode):
     """The guard `--guard` passes to `fit()`, which otherwise adds the package's own ("on")."""
     import keras
+
     from keras_d2v2.callbacks import TrainingGuard
 
     class EpochEndGuard(TrainingGuard):

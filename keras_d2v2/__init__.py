@@ -2,6 +2,7 @@
 
 from keras_d2v2 import callbacks, data, layers, optimizers, presets
 from keras_d2v2.callbacks import EMATeacher, KNNMonitor, RepresentationCollapse, TrainingDiverged, TrainingGuard
+from keras_d2v2.data import ShuffledBatches
 from keras_d2v2.layers import (
     ALiBiBias,
     BlockMasking1D,
@@ -16,7 +17,6 @@ from keras_d2v2.layers import (
     ReplicaSeedGenerator,
     TransformerBlock,
 )
-from keras_d2v2.data import ShuffledBatches
 from keras_d2v2.models import (
     AudioClassifier,
     AudioEncoder,

@@ -29,11 +29,10 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from keras import ops  # noqa: E402
 
 import keras_d2v2  # noqa: E402
 from keras_d2v2.data.audio import ASTERISK_VOICES, asterisk_segments, load_asterisk_prompts  # noqa: E402
-from keras_d2v2.evaluation import knn_accuracy  # noqa: E402
+from keras_d2v2.evaluation import encoder_features, knn_accuracy  # noqa: E402
 
 from common import compile_for_pretraining, initial_encoder_copy, pretrain, save_model  # noqa: E402
 
@@ -55,16 +54,9 @@ def parse_args():
     return parser.parse_args()
 
 
-def features(encoder, audio, padding_mask, batch_size=128):
+def features(encoder, audio, padding_mask):
     """Mean of the encoder's outputs over each segment's real frames, L2-normalized, (N, D)."""
-    pooled = []
-    for start in range(0, len(audio), batch_size):
-        batch, padding = audio[start : start + batch_size], padding_mask[start : start + batch_size]
-        hidden = encoder(batch, training=False, padding_mask=padding)
-        real = ops.cast(ops.logical_not(encoder.padding_mask(batch, padding)), hidden.dtype)[..., None]
-        pooled.append(ops.convert_to_numpy(ops.sum(hidden * real, axis=1) / ops.sum(real, axis=1)))
-    pooled = np.concatenate(pooled).astype("float32")
-    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    return encoder_features(encoder, {"audio": audio, "padding_mask": padding_mask}, batch_size=128)
 
 
 def knn_table(encoders, train, test, labels):

@@ -27,7 +27,11 @@ from keras_d2v2.data import load_fashion_mnist, standardize_images  # noqa: E402
 from keras_d2v2.evaluation import encoder_features, knn_accuracy  # noqa: E402
 
 from common import (  # noqa: E402
-    compile_for_pretraining, image_cls_loss_weight, initial_encoder_copy, pretrain, save_model,
+    compile_for_pretraining,
+    image_cls_loss_weight,
+    initial_encoder_copy,
+    pretrain,
+    save_model,
 )
 
 

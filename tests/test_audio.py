@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from keras import ops
 
-from conftest import assert_close
 from keras_d2v2 import ALiBiBias, AudioEncoder, BlockMasking1D, Data2Vec2, ShuffledBatches
 from keras_d2v2.data.audio import (
     ASTERISK_SOUNDS_DIR,
@@ -18,6 +17,8 @@ from keras_d2v2.data.audio import (
     segment_clips,
 )
 from keras_d2v2.layers import ConvFeatureExtractor, alibi_slopes
+
+from conftest import assert_close
 
 TINY_LAYERS = [(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2
 

@@ -12,8 +12,9 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import REPO, run_python
 from keras_d2v2.data import FASHION_MNIST_DIR
+
+from conftest import REPO, run_python
 
 
 def load_benchmark():

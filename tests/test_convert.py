@@ -7,10 +7,11 @@ import pickle
 import numpy as np
 import pytest
 
-from conftest import assert_close
-from golden_steps import weights
 from keras_d2v2 import Data2Vec2
 from keras_d2v2.convert import load_fairseq_weights, read_fairseq_checkpoint
+
+from conftest import assert_close
+from golden_steps import weights
 
 torch = pytest.importorskip("torch")
 

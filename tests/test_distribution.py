@@ -63,7 +63,7 @@ def result():
     env = virtual_devices_env(8)
     proc = run_python(["-c", SCRIPT], cwd=REPO, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(out for out in proc.stdout.splitlines() if out.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 

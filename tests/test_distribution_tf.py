@@ -74,7 +74,7 @@ print("RESULT " + json.dumps({
 def result():
     proc = run_python(["-c", SCRIPT], cwd=REPO, env=dict(os.environ, KERAS_BACKEND="tensorflow"), timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(out for out in proc.stdout.splitlines() if out.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 

@@ -16,8 +16,8 @@ from keras_d2v2 import (
     ImageEncoder,
     InverseBlockMasking,
 )
-from keras_d2v2.data.audio import load_asterisk_prompts
 from keras_d2v2.data import load_fashion_mnist, load_python_docs
+from keras_d2v2.data.audio import load_asterisk_prompts
 from keras_d2v2.evaluation import knn_accuracy
 from keras_d2v2.layers import sincos_positions_2d
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from keras import ops
 
-from conftest import assert_close
 from keras_d2v2.layers import (
     ContextualizedTargets,
     ConvDecoder1D,
@@ -17,6 +16,8 @@ from keras_d2v2.layers import (
     TransformerBlock,
     mask_info,
 )
+
+from conftest import assert_close
 
 
 def roundtrip(layer, *args):

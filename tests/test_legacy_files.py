@@ -7,8 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import assert_close
 from keras_d2v2 import Data2Vec2
+
+from conftest import assert_close
 
 LEGACY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "legacy")
 

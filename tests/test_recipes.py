@@ -5,10 +5,10 @@ import os
 import keras
 import pytest
 
-from conftest import REPO, run_python, virtual_devices_env
 from keras_d2v2.data import DOC_SECTIONS, FASHION_MNIST_DIR, PYTHON_DOCS_DIR
 from keras_d2v2.data.audio import ASTERISK_SOUNDS_DIR, ASTERISK_VOICES
 
+from conftest import REPO, run_python, virtual_devices_env
 
 # The recipes' numerics are tested per backend elsewhere; their smokes cost ~1 min each, so CI runs them
 # on PyTorch (the fastest backend on a CPU). KERAS_D2V2_RECIPES_ON_EVERY_BACKEND=1 runs them on any.

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from keras import ops
 
-from conftest import assert_close
 from keras_d2v2 import Data2Vec2, RandomMasking, ShuffledBatches, TextEncoder
 from keras_d2v2.data import PYTHON_DOCS_DIR, load_python_docs
 from keras_d2v2.evaluation import encoder_features
+
+from conftest import assert_close
 
 
 def tiny(**overrides):

@@ -9,8 +9,10 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from keras_d2v2 import InverseBlockMasking  # noqa: E402
-from keras_d2v2 import visualization  # noqa: E402
+from keras_d2v2 import (
+    InverseBlockMasking,  # noqa: E402
+    visualization,  # noqa: E402
+)
 from keras_d2v2.visualization import masked_image, plot_masks, plot_training_curves  # noqa: E402
 
 

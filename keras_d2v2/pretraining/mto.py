@@ -53,7 +53,29 @@ def masked_query_entropy(probs, query_weights):
 
 
 class MaskedTokenOptimization:
-    """Mixin of `Data2Vec2` with the MTO variants (arguments documented there)."""
+    """Mixin of `Data2Vec2` with the MTO variants; their `Data2Vec2` arguments:
+
+        student_mode: "visible_only" (the reference: the student encodes the visible tokens only)
+            or "full_sequence" (images only: every position enters the student, masked ones as the
+            fill plus their position, data2vec 1.0 / SimMIM style; the decoder takes the encoder's
+            output at every position).
+        mask_fill: "noise" (`N(0, mask_noise_std**2)` per slot), "token" (one learnable token,
+            `mask_token`, N(0, 0.02**2) at init) or None: "noise" for "visible_only", "token" for
+            "full_sequence". Fills the decoder input (visible_only) or the encoder input.
+        attention_recalibration: bool, full_sequence only: visible queries (and CLS) never attend
+            to masked keys.
+        singularity_loss_weight: float, weight of the data-singularity term (needs
+            `mask_fill="token"`): `mean relu(cos(mask_token, stop_gradient(x_k)))**2` over the real
+            tokens `x_k` beside it at the insertion point, plus in full_sequence the same term
+            between each block's masked and visible outputs, weighted by depth. Logged as
+            `singularity_loss`.
+        entropy_loss_weight: float, full_sequence only: weight of the attention entropy of the
+            masked query rows (normalized by log of the number of keys, averaged, depth-weighted
+            sum over blocks), logged as `entropy_loss`.
+        entropy_sign: +1 minimizes that entropy, -1 maximizes it.
+        depth_weighting: "shallow" (w_l = (L - l) / L), "uniform" or "deep" (w_l = (l + 1) / L),
+            over the student's L blocks (prenet included).
+    """
 
     def init_mto(
         self,
