@@ -30,5 +30,4 @@ from keras_d2v2.optimizers import LayerDecayAdamW
 from keras_d2v2.pretraining.data2vec2 import Data2Vec2
 from keras_d2v2.pretraining.ema import TeacherEMA
 from keras_d2v2.tokenizers import ByteLevelBPETokenizer
-
-__version__ = "0.1.0"
+from keras_d2v2.version import __version__

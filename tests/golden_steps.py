@@ -1,11 +1,14 @@
-"""The parts of a golden parity test that every modality shares: loading reference weights by
-name, checking gradients, one fit() step, the weights after it, and the two-step driver."""
+"""The parts of a golden parity test that every modality shares: the model the fixture's config
+describes with the reference's weights, checking gradients, one fit() step, the weights after it,
+and the two-step driver."""
 
 import numpy as np
 from keras import ops
 
-from conftest import assert_close, loss_and_grads
 from keras_d2v2.convert import fairseq_weight_names, load_fairseq_weights
+
+from conftest import assert_close, loss_and_grads
+from golden_config import build_model, optimizer
 
 # Adam divides each gradient element by its own running RMS, so float32 round-off in the gradients
 # (1e-7 relative) does not shrink with the gradient: the attention key bias, whose gradient is zero
@@ -27,6 +30,19 @@ def weights(golden, prefix):
 
 def load_initial_weights(model, golden):
     load_fairseq_weights(model, weights(golden, "init/student/"), weights(golden, "init/teacher/"))
+
+
+def reference_model(config, golden):
+    """The fixture's model (`<modality>_config.json`) with its initial weights, compiled with its optimizer."""
+    model = build_model(config)
+    load_initial_weights(model, golden)
+    model.compile(optimizer=optimizer(config))
+    return model
+
+
+def num_trainable(golden):
+    """How many weights the reference trains: those it records a gradient of."""
+    return sum(key.startswith("step0/grad/") for key in golden)
 
 
 def check_loss_and_gradients(model, golden, step, x):
@@ -58,8 +74,9 @@ def train_one_step(model, golden, step, x):
     assert_close(history.history["loss"][0], golden[f"step{step}/loss_per_sample_size"], name="fit loss")
     # fairseq logs the decay multiplied by 1000.
     assert_close(history.history["ema_decay"][0], golden[f"step{step}/log/ema_decay"] / 1000, name="ema_decay")
-    assert_close(history.history["target_var"][0], golden[f"step{step}/log/target_var"], name="target_var")
-    assert_close(history.history["pred_var"][0], golden[f"step{step}/log/pred_var"], name="pred_var")
+    # The reference's log/target_var and log/pred_var are standard deviations (its `compute_var`).
+    assert_close(history.history["target_std"][0], golden[f"step{step}/log/target_var"], name="target_std")
+    assert_close(history.history["pred_std"][0], golden[f"step{step}/log/pred_var"], name="pred_std")
 
 
 def weight_tolerance(golden, step, name, transform, atol):
@@ -97,7 +114,7 @@ def run_two_steps(model, golden, step_inputs, check_forward, weight_atol=WEIGHT_
             # Start each step from the reference's weights so that every step is checked on its own
             # (the optimizer keeps the moments of our step 0, which match to float32 round-off).
             load_fairseq_weights(model, weights(golden, "step0/after/student/"), weights(golden, "step0/after/teacher/"))
-        x = step_inputs(golden, step)
+        x = step_inputs(model, golden, step)
         check_forward(model, golden, step, x)
         check_loss_and_gradients(model, golden, step, x)
         train_one_step(model, golden, step, x)

@@ -25,8 +25,9 @@ def _xla_on_cpu():
 def grouped_conv2d_matmul(x, kernel, groups):
     """Stride-1 'valid' grouped conv as one batched matmul over groups (im2col, group-major).
 
-    Same result as `ops.conv`. On CPU, XLA's gradient of a grouped convolution is ~10x slower
-    than this form (benchmarks/grouped_conv.py); `grouped_conv2d_per_group` is faster still.
+    Same result as `ops.conv`. On CPU, XLA's gradient of a grouped convolution is much slower than
+    this form, and `grouped_conv2d_per_group` faster still (benchmarks/grouped_conv.py, figures in
+    benchmarks/results).
     """
     k_h, k_w, group_in, out = kernel.shape
     height, width = x.shape[1] - k_h + 1, x.shape[2] - k_w + 1
@@ -44,8 +45,8 @@ def grouped_conv2d_per_group(x, kernel, groups, padding="valid"):
 
     Same result as `ops.conv` with the same `padding`. On CPU, XLA lowers a grouped convolution's
     gradient to a slow generic loop, while a dense conv per group reaches the CPU's conv kernels;
-    for the image decoders this was 2-4x faster than the im2col matmul, whose stacked windows and
-    group-major transposes cost more than its matmul (benchmarks/grouped_conv.py).
+    for the image decoders it beats the im2col matmul, whose stacked windows and group-major
+    transposes cost more than its matmul (benchmarks/grouped_conv.py).
     """
     group_in, group_out = kernel.shape[2], kernel.shape[3] // groups
     outputs = [
@@ -65,9 +66,8 @@ def same_grouped_conv(x, kernel, bias, groups, conv_impl="auto", pad_width=True)
     if conv_impl == "auto":
         conv_impl = "per_group" if _xla_on_cpu() else "native"
     # Odd kernels pad k//2 on both sides, which is "same". A conv that pads its own input is
-    # faster, forward and backward, than one over a padded copy: 16-35 % less time for the image
-    # decoder's layer on JAX, TF and PyTorch CPUs (benchmarks/grouped_conv.py). The im2col form
-    # needs the copy.
+    # faster, forward and backward, than one over a padded copy on JAX, TF and PyTorch CPUs
+    # (benchmarks/grouped_conv.py). The im2col form needs the copy.
     padding = "same" if conv_impl != "grouped_matmul" and k_h % 2 and k_w % 2 and (pad_width or k_w == 1) else "valid"
     if padding == "valid":
         width_pad = [k_w // 2, (k_w - 1) // 2] if pad_width else [0, 0]

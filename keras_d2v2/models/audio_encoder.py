@@ -27,9 +27,9 @@ class AudioEncoder(Encoder):
     `embed(audio)` gives the local features `(B, T, D)`: each waveform normalized to zero mean and
     unit variance (the reference's `normalize: true`, done in its data loader), the wav2vec 2.0
     conv stack (20 ms frames for the default stack), LayerNorm and a linear projection.
-    `positional_encoding(x)` is the conv positional encoder, which the caller adds to the frames:
-    the student applies it to the full sequence with masked frames zeroed, then keeps the visible
-    frames. `encode(x, padding_mask, positions)` runs the context LayerNorm, the prenet and main
+    `relative_positions(x, mask=..., ids_keep=...)` is the conv positional encoding added to the
+    frames: the student computes it on each clone's full sequence with masked frames zeroed, then
+    keeps the visible frames. `encode(x, padding_mask, positions)` runs the context LayerNorm, the prenet and main
     blocks with an ALiBi bias on the frames' original `positions` (scaled by a learned per-head
     scale, clamped at 0), and returns the hidden states with every main block's FFN output.
 

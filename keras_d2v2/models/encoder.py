@@ -61,11 +61,16 @@ class Encoder(SavesRandomState, keras.layers.Layer):
       None where there is none; `check_inputs(inputs, padding_mask=None)`: a clear error for input
       the encoder cannot take; `teacher_config()`: the config of the EMA teacher built from it.
 
-    A subclass sets `input_name` (its key in dict inputs), `extra_input_keys`, `num_extra_tokens`, `own_args` (its
-    constructor arguments besides the blocks'), makes its feature encoder in `__init__` (then calls
-    `make_transformer()`) and `build_feature_encoder()`, and implements the methods above that have
-    no default here. The block stack, the config and `encode` are this class's. See
-    docs/architecture.md.
+    A subclass sets `input_name` (its key in dict inputs), `extra_input_keys`, `num_extra_tokens`
+    and `own_args` (its constructor arguments besides the blocks'), makes its feature encoder in
+    `__init__` (then calls `make_transformer()`) and `build_feature_encoder()`, and implements the
+    methods above that have no default here. The block stack, the config and `encode` are this
+    class's. See docs/architecture.md, which has a new modality as an example.
+
+    Example:
+    >>> encoder = ImageEncoder(image_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=4)
+    >>> tokens = encoder.embed(np.zeros((2, 32, 32, 3), "float32"))  # (2, 64, 32)
+    >>> hidden, ffn_outputs = encoder.encode(tokens)  # (2, 65, 32) and 2 x (2, 64, 32)
     """
 
     input_name = None
@@ -80,17 +85,17 @@ class Encoder(SavesRandomState, keras.layers.Layer):
     def __init__(
         self,
         *,
-        embed_dim,
-        depth,
-        num_heads,
-        mlp_ratio,
-        norm_eps,
-        layer_norm_first,
-        dropout,
-        attention_dropout,
-        activation_dropout,
-        post_mlp_dropout,
-        drop_path_rate,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        mlp_ratio=4.0,
+        norm_eps=1e-5,
+        layer_norm_first=False,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        post_mlp_dropout=0.0,
+        drop_path_rate=0.0,
         prenet_depth=0,
         prenet_dropout=0.0,
         layerdrop=0.0,

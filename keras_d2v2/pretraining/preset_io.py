@@ -9,6 +9,7 @@ import keras
 
 from keras_d2v2.layers.random_state import derived_seed
 from keras_d2v2.presets import MODALITIES, PRESETS, SECTIONS, preset_names
+from keras_d2v2.version import __version__
 
 PRESET_CONFIG_FILE = "config.json"
 PRESET_WEIGHTS_FILE = "model.weights.h5"
@@ -145,8 +146,6 @@ def save_to_preset(model, directory):
     """Writes `model` (a `Data2Vec2`) to `directory` as a preset: `config.json` (its Keras config),
     `model.weights.h5` (every weight: student, decoder, teacher, EMA step counters) and
     `metadata.json` (package version, modality, parameter count); `from_preset(directory)` restores it."""
-    from keras_d2v2 import __version__
-
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, PRESET_CONFIG_FILE), "w") as f:
         json.dump(keras.saving.serialize_keras_object(model), f, indent=2)
