@@ -60,3 +60,22 @@ def test_malicious_pickle_is_not_executed(tmp_path, monkeypatch):
         read_fairseq_checkpoint(tmp_path / "plain.pt")
     assert not (tmp_path / "PWNED").exists()
 
+
+
+@pytest.mark.parametrize("damage", ["shape", "nan", "integer"])
+def test_a_refused_state_dict_changes_nothing(golden_image, damage):
+    model = Data2Vec2.image(preset="tiny_test", seed=0)
+    before = [np.array(w) for w in model.get_weights()]
+    student, teacher = weights(golden_image, "init/student/"), weights(golden_image, "init/teacher/")
+    # The last teacher weight is checked after every student weight has been converted.
+    name = list(teacher)[-1]
+    teacher[name] = {
+        "shape": np.zeros((3,), "float32"),
+        "nan": np.full_like(teacher[name], np.nan),
+        "integer": teacher[name].astype("int64"),
+    }[damage]
+    message = {"shape": "has shape", "nan": "holds NaN or inf", "integer": "has dtype int64; expected floating-point"}
+    with pytest.raises(ValueError, match=f"teacher weight {name!r} {message[damage]}"):
+        load_fairseq_weights(model, student, teacher)
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)

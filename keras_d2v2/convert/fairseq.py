@@ -152,7 +152,9 @@ def fairseq_weight_names(model):
     return student, _encoder_names(model.teacher)
 
 
-def _assign(names, state_dict, what):
+def _converted(names, state_dict, what):
+    """`[(variable, value)]` for every weight in `names`, each checked (name, dtype, finiteness,
+    shape after conversion) before any is assigned: a refused state dict changes nothing."""
     missing = sorted(set(names) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(names))
     if missing or unexpected:
@@ -160,14 +162,21 @@ def _assign(names, state_dict, what):
             f"The {what} state dict does not match the model: missing {missing[:8]}"
             f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}."
         )
+    pairs = []
     for name, (variable, transform) in names.items():
-        value = transform(np.asarray(state_dict[name], dtype="float32"))
+        raw = np.asarray(state_dict[name])
+        if not np.issubdtype(raw.dtype, np.floating):
+            raise ValueError(f"{what} weight {name!r} has dtype {raw.dtype}; expected floating-point weights.")
+        if not np.all(np.isfinite(raw)):
+            raise ValueError(f"{what} weight {name!r} holds NaN or inf; the checkpoint is damaged.")
+        value = transform(raw.astype("float32"))
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(
                 f"{what} weight {name!r} has shape {tuple(value.shape)} after conversion, but the model's "
                 f"{variable.path!r} has shape {tuple(variable.shape)}; build the model with the checkpoint's sizes."
             )
-        variable.assign(value)
+        pairs.append((variable, value))
+    return pairs
 
 
 def load_fairseq_weights(model, state_dict, teacher_state_dict=None):
@@ -180,16 +189,20 @@ def load_fairseq_weights(model, state_dict, teacher_state_dict=None):
         teacher_state_dict: mapping for the EMA teacher; when absent everywhere, the teacher starts
             as a copy of the student, as at the start of pre-training.
 
-    Raises a ValueError listing missing/unexpected names or the first shape mismatch.
+    Raises a ValueError listing missing/unexpected names, or naming the first weight of the wrong
+    shape, of a non-float dtype or holding NaN/inf. Every weight is checked before the first is
+    assigned, so a refused state dict leaves the model as it was.
     """
     teacher = teacher_state_dict if teacher_state_dict is not None else state_dict.get("_ema")
     student = {k: _to_numpy(v) for k, v in state_dict.items() if k != "_ema"}
     student_names, teacher_names = fairseq_weight_names(model)
-    _assign(student_names, student, "student")
+    assignments = _converted(student_names, student, "student")
+    if teacher is not None:
+        assignments += _converted(teacher_names, {k: _to_numpy(v) for k, v in teacher.items()}, "teacher")
+    for variable, value in assignments:
+        variable.assign(value)
     if teacher is None:
         model.reset_teacher()
-    else:
-        _assign(teacher_names, {k: _to_numpy(v) for k, v in teacher.items()}, "teacher")
     return model
 
 
