@@ -2,11 +2,12 @@
 
 import keras
 
+from keras_d2v2.atomic_write import AtomicSaves
 from keras_d2v2.optimizers import exclude_1d_weights_from_weight_decay
 from keras_d2v2.pretraining.data2vec2 import Data2Vec2
 
 
-class EncoderClassifier(keras.Model):
+class EncoderClassifier(AtomicSaves, keras.Model):
     """Base of `ImageClassifier`, `AudioClassifier` and `TextClassifier`: a pre-trained encoder and a head.
 
     Subclasses set `encoder_class` and `modality`, build their head in `__init__` and pool the

@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from keras_d2v2.atomic_write import AtomicSaves
 from keras_d2v2.layers.masking import gather_tokens, mask_info
 from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
 from keras_d2v2.metrics import LastValue
@@ -33,7 +34,7 @@ def _deserialize(obj):
 
 
 @keras.saving.register_keras_serializable(package="keras_d2v2")
-class Data2Vec2(MaskedTokenOptimization, SavesRandomState, keras.Model):
+class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Model):
     """data2vec 2.0 pre-training: multi-mask student, conv decoder, EMA teacher, contextualized targets.
 
     `call()` runs the student: it embeds the inputs once, draws `clone_batch` masks per sample,

@@ -7,6 +7,7 @@ import os
 
 import keras
 
+from keras_d2v2.atomic_write import replaced_atomically
 from keras_d2v2.layers.random_state import derived_seed
 from keras_d2v2.presets import MODALITIES, PRESETS, SECTIONS, preset_names
 from keras_d2v2.version import __version__
@@ -147,8 +148,8 @@ def save_to_preset(model, directory):
     `model.weights.h5` (every weight: student, decoder, teacher, EMA step counters) and
     `metadata.json` (package version, modality, parameter count); `from_preset(directory)` restores it."""
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, PRESET_CONFIG_FILE), "w") as f:
-        json.dump(keras.saving.serialize_keras_object(model), f, indent=2)
+    # Each file is replaced atomically, weights first: a failed save leaves the previous files
+    # (and, as long as the model's architecture is unchanged, a loadable preset) in place.
     model.save_weights(os.path.join(directory, PRESET_WEIGHTS_FILE))
     metadata = {
         "keras_d2v2_version": __version__,
@@ -156,5 +157,7 @@ def save_to_preset(model, directory):
         "modality": model.encoder.input_name,
         "encoder_parameters": int(model.encoder.count_params()),
     }
-    with open(os.path.join(directory, PRESET_METADATA_FILE), "w") as f:
-        json.dump(metadata, f, indent=2)
+    for name, content in ((PRESET_CONFIG_FILE, keras.saving.serialize_keras_object(model)), (PRESET_METADATA_FILE, metadata)):
+        with replaced_atomically(os.path.join(directory, name)) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(content, f, indent=2)
