@@ -74,6 +74,7 @@ class ReplicaSeedGenerator(keras.random.SeedGenerator):
         replica, count, _ = data_parallel_replica()
         if count == 1:
             return seed
-        # A large odd stride keeps replica streams apart from generators seeded seed, seed + 1, ...
+        # A large odd stride per replica; neighbouring seeds of other generators are unlikely, as
+        # every seed in a model is a hash of its name (`derived_seed`).
         offset = keras.ops.cast(keras.ops.stack([replica * 1_000_003, 0 * replica]), seed.dtype)
         return seed + offset
