@@ -36,18 +36,25 @@ def test_text_large_normalizes_targets_as_the_reference():
     encoder = large["encoder"]
     assert (encoder["embed_dim"], encoder["depth"], encoder["num_heads"], targets["top_k"]) == (1024, 24, 16, 24)
     assert base["targets"]["instance_norm_target_layer"] and not base["targets"]["layer_norm_target_layer"]
-    model = Data2Vec2.text("large")
-    assert (model.targets.layer_norm_target_layer, model.targets.instance_norm_targets, model.encoder.depth) == (
-        True, True, 24)
+    # Built at a tiny size (the flags are the point): what the preset says reaches the model.
+    model = Data2Vec2.text("large", vocab_size=50, embed_dim=16, depth=2, num_heads=2, top_k=2, decoder_dim=16)
+    assert (model.targets.layer_norm_target_layer, model.targets.instance_norm_targets) == (True, True)
+    assert not model.targets.instance_norm_target_layer
 
 
 def test_audio_large_is_the_references_large_audio_config():
     # large_audio_only_task.yaml: no layerdrop at all, and the composite optimizer that keeps 1-D
     # weights out of weight decay (base uses plain Adam, which decays every weight).
-    large = Data2Vec2.audio("large")
+    presets = keras_d2v2.presets.AUDIO_PRESETS
+    large, base = presets["large"], presets["base"]
+    assert (large["encoder"]["prenet_depth"], large["encoder"]["depth"], large["masking"]["clone_batch"]) == (8, 16, 12)
+    # Built at a tiny size: what the presets say reaches the model.
+    tiny = dict(feature_layers=((8, 10, 5),) + ((8, 3, 2),) * 4 + ((8, 2, 2),) * 2, embed_dim=16, depth=2,
+                prenet_depth=1, num_heads=2, top_k=2, decoder_dim=16, decoder_groups=2, conv_pos_width=6,
+                conv_pos_groups=2)
+    large = Data2Vec2.audio("large", **tiny)
     assert (large.encoder.layerdrop, large.encoder.prenet_layerdrop, large.decay_1d_weights) == (0.0, 0.0, False)
-    assert (large.encoder.prenet_depth, large.encoder.depth, large.masking.clone_batch) == (8, 16, 12)
-    base = Data2Vec2.audio("base")
+    base = Data2Vec2.audio("base", **tiny)
     assert (base.encoder.layerdrop, base.encoder.prenet_layerdrop, base.decay_1d_weights) == (0.05, 0.05, True)
 
 
