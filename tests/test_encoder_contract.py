@@ -87,7 +87,7 @@ def test_a_new_modality_trains_saves_and_probes_through_the_contract(tmp_path):
     model.compile(optimizer=keras.optimizers.AdamW(1e-2))
     history = model.fit({"sequence": data}, batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0]) and int(ops.convert_to_numpy(model.num_updates)) == 2
-    # The teacher is the EMA of the student: it moved, and sits between its start and the student.
+    # The teacher follows the student by EMA: it moved away from its initial copy.
     teacher_after = ops.convert_to_numpy(model.teacher.blocks[0].qkv.kernel)
     assert not np.allclose(teacher_after, teacher_before)
 
