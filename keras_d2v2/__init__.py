@@ -13,9 +13,11 @@ from keras_d2v2.layers import (
     ConvPositionalEncoding,
     InverseBlockMasking,
     PatchEmbedding,
+    PixelTargets,
     RandomMasking,
     ReplicaSeedGenerator,
     TransformerBlock,
+    TransformerDecoder,
 )
 from keras_d2v2.models import (
     AudioClassifier,

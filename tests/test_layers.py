@@ -18,6 +18,7 @@ from keras_d2v2.layers import (
 )
 
 from conftest import assert_close
+from numpy_reference import numpy_block, numpy_gelu, numpy_layer_norm
 
 
 def roundtrip(layer, *args):
@@ -117,36 +118,6 @@ def test_patch_embedding_rejects_indivisible_size():
 
 
 # ---------------------------------------------------------------------------- transformer block
-def numpy_layer_norm(x, eps, gamma=1.0, beta=0.0):
-    mean = x.mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(x.var(-1, keepdims=True) + eps) * gamma + beta
-
-
-def numpy_block(block, x, pre_ln):
-    w = {v.path.split("/", 1)[1]: ops.convert_to_numpy(v).astype(np.float64) for v in block.weights}
-    dense = lambda name, h: h @ w[f"{name}/kernel"] + w[f"{name}/bias"]  # noqa: E731
-    norm = lambda name, h: numpy_layer_norm(h, block.norm_eps, w[f"{name}/gamma"], w[f"{name}/beta"])  # noqa: E731
-    gelu = lambda h: 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))  # noqa: E731
-
-    def attention(h):
-        b, t, d = h.shape
-        heads = block.num_heads
-        q, k, v = dense("qkv", h).reshape(b, t, 3, heads, d // heads).transpose(2, 0, 3, 1, 4)
-        logits = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d // heads)
-        probs = np.exp(logits - logits.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        return dense("attention_projection", (probs @ v).transpose(0, 2, 1, 3).reshape(b, t, d))
-
-    mlp = lambda h: dense("fc2", gelu(dense("fc1", h)))  # noqa: E731
-    if pre_ln:
-        x = x + attention(norm("norm1", x))
-        ffn = mlp(norm("norm2", x))
-        return x + ffn, ffn
-    r = norm("norm1", x + attention(x))
-    ffn = mlp(r)
-    return norm("norm2", r + ffn), ffn
-
-
 @pytest.mark.parametrize("pre_ln", [False, True])
 def test_transformer_block_matches_numpy(pre_ln):
     block = TransformerBlock(num_heads=4, norm_eps=1e-6, layer_norm_first=pre_ln)
@@ -176,10 +147,6 @@ def test_transformer_block_rejects_heads_not_dividing_dim():
 
 
 # ---------------------------------------------------------------------------------- decoder
-def numpy_gelu(x):
-    return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
-
-
 def numpy_decoder(decoder, x):
     """Independent float64 decoder: direct per-group, per-offset sums over a padded (H, W) grid."""
     kernels = [ops.convert_to_numpy(w).astype(np.float64) for w in decoder.kernels]

@@ -217,6 +217,7 @@ def test_depth_weights():
     np.testing.assert_allclose(depth_weights(4, "shallow"), [1.0, 0.75, 0.5, 0.25])
     np.testing.assert_allclose(depth_weights(4, "deep"), [0.25, 0.5, 0.75, 1.0])
     np.testing.assert_allclose(depth_weights(4, "uniform"), [1.0] * 4)
+    np.testing.assert_allclose(depth_weights(4, "none"), [0.0] * 4)
 
 
 @pytest.mark.parametrize(

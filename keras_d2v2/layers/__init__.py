@@ -7,6 +7,8 @@ from keras_d2v2.layers.conv_positional_encoding import ConvPositionalEncoding
 from keras_d2v2.layers.inverse_block_masking import InverseBlockMasking
 from keras_d2v2.layers.masking import gather_tokens, mask_info
 from keras_d2v2.layers.patch_embedding import PatchEmbedding, sincos_positions_2d
+from keras_d2v2.layers.pixel_targets import PixelTargets, patchify
 from keras_d2v2.layers.random_masking import RandomMasking
 from keras_d2v2.layers.random_state import ReplicaSeedGenerator
 from keras_d2v2.layers.transformer_block import TransformerBlock
+from keras_d2v2.layers.transformer_decoder import TransformerDecoder

@@ -25,6 +25,7 @@ class _ConvDecoder(GroupedConvStack, keras.layers.Layer):
         projection_layers=1,
         projection_ratio=2.0,
         input_dropout=0.0,
+        output_dim=None,
         conv_impl="auto",
         seed=None,
         **kwargs,
@@ -35,6 +36,8 @@ class _ConvDecoder(GroupedConvStack, keras.layers.Layer):
             raise ValueError(f"`groups` ({groups}) must divide `decoder_dim` ({decoder_dim}).")
         if int(projection_layers) != projection_layers or projection_layers < 1:
             raise ValueError(f"`projection_layers` must be an integer >= 1, got {projection_layers}.")
+        if output_dim is not None and (int(output_dim) != output_dim or output_dim < 1):
+            raise ValueError(f"`output_dim` must be None or an integer >= 1, got {output_dim}.")
         self.decoder_dim = decoder_dim
         self.num_layers = num_layers
         self.kernel_size = kernel_size
@@ -43,6 +46,7 @@ class _ConvDecoder(GroupedConvStack, keras.layers.Layer):
         self.projection_layers = int(projection_layers)
         self.projection_ratio = projection_ratio
         self.input_dropout = input_dropout
+        self.output_dim = output_dim
         self.conv_impl = conv_impl
         self.seed = seed
 
@@ -68,7 +72,7 @@ class _ConvDecoder(GroupedConvStack, keras.layers.Layer):
         widths = [self.decoder_dim]
         for i in range(self.projection_layers - 1):
             widths.append(int(widths[-1] * self.projection_ratio) if i == 0 else widths[-1])
-        widths.append(dim)
+        widths.append(self.output_dim or dim)
         for i, (fan_in, units) in enumerate(zip(widths[:-1], widths[1:])):
             name = "projection" if self.projection_layers == 1 else f"projection{i}"
             dense = keras.layers.Dense(
@@ -100,7 +104,7 @@ class _ConvDecoder(GroupedConvStack, keras.layers.Layer):
         return x
 
     def compute_output_shape(self, input_shape):
-        return input_shape
+        return tuple(input_shape[:-1]) + (self.output_dim or input_shape[-1],)
 
     def get_config(self):
         config = super().get_config()
@@ -113,6 +117,7 @@ class _ConvDecoder(GroupedConvStack, keras.layers.Layer):
             projection_layers=self.projection_layers,
             projection_ratio=self.projection_ratio,
             input_dropout=self.input_dropout,
+            output_dim=self.output_dim,
             conv_impl=self.conv_impl,
             seed=self.seed,
         )
@@ -140,6 +145,7 @@ class ConvDecoder2D(_ConvDecoder):
         projection_layers: int, Dense layers mapping back to `D` (GELU between them); 1 in the reference.
         projection_ratio: float, width of the first hidden projection relative to `decoder_dim`.
         input_dropout: float, dropout on the encoder output before the fill (`decoder.input_dropout`).
+        output_dim: int or None, width of the prediction; None (the reference) maps back to `D`.
         conv_impl: "auto", "native" (`ops.conv`), "grouped_matmul" (`grouped_conv2d_matmul`) or
             "per_group" (`grouped_conv2d_per_group`); "auto" picks per-group convs for XLA (JAX,
             TensorFlow) on CPU and native otherwise. All compute the same function with the same weights.

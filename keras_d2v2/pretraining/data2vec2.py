@@ -7,7 +7,9 @@ from keras import ops
 
 from keras_d2v2.atomic_write import AtomicSaves
 from keras_d2v2.layers.masking import gather_tokens, mask_info
+from keras_d2v2.layers.pixel_targets import PixelTargets
 from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
+from keras_d2v2.layers.transformer_decoder import TransformerDecoder
 from keras_d2v2.metrics import LastValue
 from keras_d2v2.optimizers import exclude_1d_weights_from_weight_decay
 from keras_d2v2.pretraining import preset_io, training
@@ -67,12 +69,16 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
     Args:
         encoder: an `Encoder` (`ImageEncoder`, `TextEncoder`, `AudioEncoder`), the student; the
             teacher is built from `encoder.teacher_config()`.
-        decoder: `ConvDecoder2D` (images) or `ConvDecoder1D` (text, audio).
+        decoder: `ConvDecoder2D` (images; the reference) or `ConvDecoder1D` (text, audio), or a
+            `TransformerDecoder` (images: masked slots meet attention, where MTO's block terms act).
         masking: `InverseBlockMasking`, `RandomMasking` or `BlockMasking1D` (its `clone_batch` is the
             number of masks per sample).
-        targets: `ContextualizedTargets`; `top_k` must not exceed `encoder.depth`.
+        targets: `ContextualizedTargets` (`top_k` must not exceed `encoder.depth`), or
+            `PixelTargets` (images: MAE's per-patch normalized pixels; no teacher, no CLS term, and
+            the decoder's `output_dim` must be `patch_size**2 * channels`).
         mask_noise_std: float, std of the noise placed in masked slots of the decoder input.
-        loss_scale: float or None; None means 1/sqrt(embed_dim).
+        loss_scale: float or None; None means 1/sqrt(D) for contextualized targets of width D (the
+            reference) and 1/D for pixel targets (MAE's mean over a patch's values).
         cls_loss_weight: float, weight of the CLS regression (0 turns it off).
         ema_decay, ema_end_decay, ema_anneal_end_step: the teacher's decay rises linearly from
             `ema_decay` to `ema_end_decay` over `ema_anneal_end_step` updates; a decay of 1 freezes
@@ -88,7 +94,10 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
 
     Masked token optimization (docs/mto.md): `student_mode`, `mask_fill`,
     `attention_recalibration`, `singularity_loss_weight`, `entropy_loss_weight`, `entropy_sign`,
-    `depth_weighting`; all off by default, which is the reference. See `MaskedTokenOptimization`.
+    `depth_weighting`, `singularity_position`, and the block terms `heterogeneity_measure`,
+    `early_blocks`, `heterogeneity_loss_weight`, `rank_loss_weight`, `rank_margin`,
+    `sparsity_loss_weight`, `sparsity_blocks`; all off by default, which is the reference. See
+    `MaskedTokenOptimization`.
 
     Example:
     >>> model = Data2Vec2.image(preset="tiny_test")
@@ -121,6 +130,14 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
         entropy_loss_weight=0.0,
         entropy_sign=1.0,
         depth_weighting="shallow",
+        singularity_position=False,
+        heterogeneity_measure="entropy",
+        early_blocks=None,
+        heterogeneity_loss_weight=0.0,
+        rank_loss_weight=0.0,
+        rank_margin=0.0,
+        sparsity_loss_weight=0.0,
+        sparsity_blocks="all",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -128,7 +145,10 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
         self.decoder = _deserialize(decoder)
         self.masking = _deserialize(masking)
         self.targets = _deserialize(targets)
-        if self.targets.top_k > self.encoder.depth:
+        self.pixel_targets = isinstance(self.targets, PixelTargets)
+        if self.pixel_targets:
+            self._check_pixel_targets(cls_loss_weight)
+        elif self.targets.top_k > self.encoder.depth:
             raise ValueError(
                 f"`targets.top_k` ({self.targets.top_k}) is larger than `encoder.depth` ({self.encoder.depth}): "
                 "only main blocks give targets."
@@ -157,17 +177,28 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
             entropy_loss_weight=entropy_loss_weight,
             entropy_sign=entropy_sign,
             depth_weighting=depth_weighting,
+            singularity_position=singularity_position,
+            heterogeneity_measure=heterogeneity_measure,
+            early_blocks=early_blocks,
+            heterogeneity_loss_weight=heterogeneity_loss_weight,
+            rank_loss_weight=rank_loss_weight,
+            rank_margin=rank_margin,
+            sparsity_loss_weight=sparsity_loss_weight,
+            sparsity_blocks=sparsity_blocks,
         )
 
-        self.teacher = self.encoder.__class__.from_config(self.encoder.teacher_config())
-        for layer, shape in ((self.teacher, None), (self.decoder, (None, self.num_tokens, self.embed_dim))):
-            if not layer.built:
-                layer.build(shape)
-        # After build: sublayers made in build() would otherwise come out trainable.
-        self.teacher.trainable = False
+        # Pixel targets (MAE) need no teacher; the EMA then only counts updates.
+        self.teacher = None
+        if not self.pixel_targets:
+            self.teacher = self.encoder.__class__.from_config(self.encoder.teacher_config())
+            self.teacher.build(None)
+            # After build: sublayers made in build() would otherwise come out trainable.
+            self.teacher.trainable = False
+        if not self.decoder.built:
+            self.decoder.build((None, self.num_tokens, self.embed_dim))
         # A tracked attribute: the pairs' weights become the model's own, which orders its
         # `trainable_variables`, and so the optimizer's slots, as every file written so far has them.
-        self._ema_pairs = teacher_pairs(self.encoder, self.teacher)
+        self._ema_pairs = [] if self.teacher is None else teacher_pairs(self.encoder, self.teacher)
         self.ema = TeacherEMA(
             self, pairs=self._ema_pairs, decay=ema_decay, end_decay=ema_end_decay, anneal_end_step=ema_anneal_end_step
         )
@@ -176,9 +207,29 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
         self.cls_loss_tracker = keras.metrics.Mean(name="cls_loss")
         self.target_std_tracker = LastValue(name="target_std")
         self.pred_std_tracker = LastValue(name="pred_std")
-        self.ema_decay_tracker = LastValue(name="ema_decay")
+        self.ema_decay_tracker = None if self.teacher is None else LastValue(name="ema_decay")
         self.make_mto_trackers()
         self.built = True
+
+    def _check_pixel_targets(self, cls_loss_weight):
+        encoder = self.encoder
+        if encoder.input_name != "images":
+            raise ValueError(f"`PixelTargets` are for images; this model's encoder takes {encoder.input_name!r}.")
+        if self.targets.patch_size != encoder.patch_size:
+            raise ValueError(
+                f"`targets.patch_size` ({self.targets.patch_size}) must equal the encoder's `patch_size` "
+                f"({encoder.patch_size})."
+            )
+        if cls_loss_weight:
+            raise ValueError(
+                f"Pixel targets have no CLS target (no teacher): `cls_loss_weight` must be 0, got {cls_loss_weight}."
+            )
+        expected = self.targets.target_dim(encoder.channels)
+        if self.decoder.output_dim != expected:
+            raise ValueError(
+                f"Pixel targets are {expected} values per patch (patch_size**2 * channels): the decoder's "
+                f"`output_dim` must be {expected}, got {self.decoder.output_dim}."
+            )
 
     @property
     def num_updates(self):
@@ -260,9 +311,17 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
         if self.singularity_loss_weight:
             real = ops.ones_like(x[..., 0]) if visible_padding is None else 1.0 - ops.cast(visible_padding, "float32")
             outputs["singularity_loss"] = self.token_singularity(x, real)
-        x = ops.concatenate([x, ops.cast(fill, x.dtype)], axis=1)
-        decoder_kwargs = {} if padding is None else {"padding_mask": clone_padding}
-        prediction = self.decoder(gather_tokens(x, ids_restore), **decoder_kwargs)
+        x = gather_tokens(ops.concatenate([x, ops.cast(fill, x.dtype)], axis=1), ids_restore)
+        if isinstance(self.decoder, TransformerDecoder):
+            # Masked tokens meet attention here, so MTO's recalibration and block terms act here.
+            bias = self.recalibration_bias(mask) if self.attention_recalibration else None
+            if self.wants_block_terms():
+                prediction, layers = self.decoder(x, attention_bias=bias, return_layers=True, training=training)
+                outputs.update(self.block_terms(layers, mask))
+            else:
+                prediction = self.decoder(x, attention_bias=bias, training=training)
+        else:
+            prediction = self.decoder(x, **({} if padding is None else {"padding_mask": clone_padding}))
         # The text and audio teachers encode these very embeddings (dropout draw included), as the reference does.
         outputs.update(prediction=prediction, mask=mask, local_features=tokens)
         if self.encoder.num_extra_tokens:
@@ -298,6 +357,8 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
         embedded again by the teacher's own patch embedding; text and audio teachers encode the
         student's local features, `local_features` (computed here from `source` when not given).
         `padding_mask` is the input's padding, for audio `(B, samples)`."""
+        if self.teacher is None:
+            raise ValueError("This model regresses pixel targets (`PixelTargets`); it has no teacher.")
         padding = self.encoder.padding_mask(source, padding_mask)
         x = ops.stop_gradient(self.encoder.teacher_features(self.teacher, source, local_features, padding_mask))
         positions = self.teacher.relative_positions(x, padding_mask=padding)
@@ -344,7 +405,9 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
         masked-position weights (0 at padding), and the float32 predictions and clone-repeated
         targets."""
         clones = self.masking.clone_batch
-        scale = self.loss_scale if self.loss_scale is not None else 1.0 / math.sqrt(self.embed_dim)
+        scale = self.loss_scale
+        if scale is None:
+            scale = 1.0 / (targets.shape[-1] if self.pixel_targets else math.sqrt(targets.shape[-1]))
         weights = ops.cast(y_pred["mask"], "float32")
         if padding_mask is not None:
             weights = weights * ops.repeat(1.0 - ops.cast(padding_mask, "float32"), clones, axis=0)
@@ -362,7 +425,10 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         source, _, _, input_padding = self._unpack(x)
         decay = self.ema.update() if training else self.ema.current_decay()
-        targets = self.teacher_targets(source, y_pred.get("local_features"), input_padding)
+        if self.pixel_targets:
+            targets = ops.stop_gradient(self.targets(source))
+        else:
+            targets = self.teacher_targets(source, y_pred.get("local_features"), input_padding)
         regression, cls, weights, prediction, repeated = self.loss_terms(
             targets, y_pred, self.encoder.padding_mask(source, input_padding)
         )
@@ -382,7 +448,8 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
         self.cls_loss_tracker.update_state(cls * replicas)
         self.target_std_tracker.update_state(masked_std(repeated, weights))
         self.pred_std_tracker.update_state(masked_std(prediction, weights))
-        self.ema_decay_tracker.update_state(decay)
+        if self.ema_decay_tracker is not None:
+            self.ema_decay_tracker.update_state(decay)
         return loss
 
     # ---------------------------------------------------------------------------- keras hooks

@@ -62,10 +62,15 @@ def build_model(modality, preset=None, **overrides):
     `decoder_layers`, `decoder_kernel`, `decoder_groups`; `inverse_mask`), a section given as a
     dict (`decoder={"kernel_size": 5}`), `seed` or `dtype`. With `seed`, every part's seed is
     derived from it by name (`derived_seed(seed, "encoder")`, ...), so the initial weights, masks
-    and noise are a function of that seed alone.
+    and noise are a function of that seed alone. Images also take `decoder="transformer"` (a
+    `TransformerDecoder` in place of the conv decoder) and `targets="pixels"` (MAE's `PixelTargets`,
+    no teacher), and any modality `masking="random"` (`RandomMasking`); each part's arguments then
+    come from the flat and dict overrides above.
 
     Example:
     >>> model = build_model("image", "tiny", depth=6, decoder_layers=2, seed=0)
+    >>> mae = build_model("image", "tiny", decoder="transformer", targets="pixels", masking="random",
+    ...                   mask_prob=0.75, clone_batch=1)
     """
     classes = modality_classes(modality)
     presets = PRESETS[modality]
@@ -74,6 +79,7 @@ def build_model(modality, preset=None, **overrides):
         raise ValueError(f"Unknown {modality} preset {preset!r}; available: {sorted(presets)}.")
     config = {section: dict(values) for section, values in presets[name].items()}
     seed, dtype = overrides.pop("seed", None), overrides.pop("dtype", None)
+    swapped = _swap_parts(modality, classes, config, overrides)
     unknown = []
     for key, value in overrides.items():
         if key in SECTIONS and isinstance(value, dict):
@@ -89,6 +95,10 @@ def build_model(modality, preset=None, **overrides):
             config[target[0]][target[1]] = value
     if unknown:
         raise ValueError(f"Unknown argument(s) {sorted(unknown)} for {_article(modality)} {modality} model.")
+    if swapped.get("targets") == "pixels":
+        patch_size, channels = config["encoder"]["patch_size"], config["encoder"]["channels"]
+        config["targets"].setdefault("patch_size", patch_size)
+        config["decoder"].setdefault("output_dim", patch_size * patch_size * channels)
 
     def part(section, **kwargs):
         return classes[section](**config[section], seed=derived_seed(seed, section), name=section, **kwargs)
@@ -102,6 +112,50 @@ def build_model(modality, preset=None, **overrides):
         seed=derived_seed(seed, "model"),
         dtype=dtype,
     )
+
+
+# The parts a string override swaps in: `decoder="transformer"`, `targets="pixels"`, `masking="random"`.
+_PART_CHOICES = {
+    "decoder": ("conv", "transformer"),
+    "targets": ("contextualized", "pixels"),
+    "masking": ("preset", "random"),
+}
+
+
+def _swap_parts(modality, classes, config, overrides):
+    """Applies `decoder="transformer"`, `targets="pixels"` (images only) and `masking="random"`
+    (`RandomMasking` with the preset's `mask_prob` and `clone_batch`) to `classes` and `config`,
+    popping them from `overrides`; returns the swaps made. The transformer decoder takes the
+    preset's decoder width and depth and the encoder's head count; pixel targets set the CLS
+    weight to 0 (no teacher) and, once the overrides are in, the patch size and the decoder's
+    `output_dim` (`patch_size**2 * channels`)."""
+    choices = {}
+    for section, options in _PART_CHOICES.items():
+        if isinstance(overrides.get(section), str):
+            choices[section] = overrides.pop(section)
+            if choices[section] not in options:
+                raise ValueError(f"`{section}` must be one of {options} (or a dict of arguments), got {choices[section]!r}.")
+    swapped = {key: value for key, value in choices.items() if value != _PART_CHOICES[key][0]}
+    if swapped.get("masking") == "random":
+        classes["masking"] = _registered("RandomMasking")
+        config["masking"] = {key: config["masking"][key] for key in ("mask_prob", "clone_batch")}
+    image_only = {key: value for key, value in swapped.items() if key != "masking"}
+    if image_only and modality != "image":
+        raise ValueError(f"{image_only} are for images (a square patch grid); got {_article(modality)} {modality} model.")
+    if swapped.get("decoder") == "transformer":
+        classes["decoder"] = _registered("TransformerDecoder")
+        conv = config["decoder"]
+        config["decoder"] = {
+            "decoder_dim": conv["decoder_dim"],
+            "num_layers": conv["num_layers"],
+            "num_heads": config["encoder"]["num_heads"],
+            "input_dropout": conv.get("input_dropout", 0.0),
+        }
+    if swapped.get("targets") == "pixels":
+        classes["targets"] = _registered("PixelTargets")
+        config["targets"] = {}
+        config["model"]["cls_loss_weight"] = 0.0
+    return swapped
 
 
 def _article(word):
