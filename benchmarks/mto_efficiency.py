@@ -273,11 +273,11 @@ def pretrain_and_probe(name, kwargs, seed, data, args, state_dir):
     x_pretrain, bank, test = data["pretrain"], data["bank"], data["test"]
     batches = keras_d2v2.ShuffledBatches(x_pretrain, batch_size=args.batch_size, seed=seed)
     steps_per_epoch, epochs = len(batches), run_epochs(name, args)
-    model_path, run_path = os.path.join(state_dir, "model.keras"), os.path.join(state_dir, "run.json")
-    if os.path.exists(run_path) and os.path.exists(model_path):
+    run_path = os.path.join(state_dir, "run.json")
+    if os.path.exists(run_path):
         with open(run_path) as f:
             run = json.load(f)
-        model = keras.saving.load_model(model_path)
+        model = keras.saving.load_model(os.path.join(state_dir, f"model_epoch{run['epoch'][-1]}.keras"))
         print(f"  {name} seed {seed}: resuming after epoch {run['epoch'][-1]} of {epochs}", flush=True)
     else:
         model = build_model(name, kwargs, seed, epochs * steps_per_epoch, steps_per_epoch, args)
@@ -299,13 +299,16 @@ def pretrain_and_probe(name, kwargs, seed, data, args, state_dir):
         run["epoch"].append(epoch), run["knn"].append(knn), run["linear"].append(linear)
         run["seconds_per_epoch"].append(seconds), run["wall_seconds_per_epoch"].append(wall)
         run["probe_seconds"].append(probe_seconds), run["logs"].append(logs)
+        if epoch < epochs:
+            # The model first, under its epoch: run.json names the newest complete pair.
+            os.makedirs(state_dir, exist_ok=True)
+            model.save(os.path.join(state_dir, f"model_epoch{epoch}.keras"))
+            write_json(run_path, run)
+            if epoch > 1:
+                os.remove(os.path.join(state_dir, f"model_epoch{epoch - 1}.keras"))
         terms = ", ".join(f"{k} {v:.4g}" for k, v in logs.items() if k.endswith("loss"))
         print(f"  {name} seed {seed} epoch {epoch}/{epochs}: k-NN {100 * knn:.2f}%, linear {100 * linear:.2f}%, "
               f"{seconds:.1f} s training ({wall:.1f} s wall) + {probe_seconds:.1f} s probes; {terms}", flush=True)
-        if epoch < epochs:
-            os.makedirs(state_dir, exist_ok=True)
-            model.save(model_path)
-            write_json(run_path, run)
     run["final"] = final_stage(model, seed, data, args)
     if run["final"]:
         print(f"  {name} seed {seed} final: " + ", ".join(
@@ -405,8 +408,9 @@ def summarize(runs, names):
 
 
 def per_second(done, names):
-    """The baselines at equal training time: each one's probe accuracy when the fastest finished."""
-    baselines = [n for n in names if n == baseline_of(n)]
+    """The baselines at equal training time: each one's probe accuracy when the fastest finished
+    (over the seeds every baseline with a finished run has)."""
+    baselines = [n for n in names if n == baseline_of(n) and any(variant == n for variant, _ in done)]
     seeds = sorted(set.intersection(*[{s for (v, s) in done if v == n} for n in baselines])) if baselines else []
     if len(baselines) < 2 or not seeds:
         return None
