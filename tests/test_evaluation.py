@@ -71,6 +71,44 @@ def test_linear_probe_standardizes_features():
     assert linear_probe_accuracy(*train, *test) == 1.0
 
 
+def test_linear_probe_solves_separable_data_in_many_dimensions():
+    # 10 classes in 784 dimensions, 774 of them noise, rows of unit norm as `encoder_features` gives them. AdamW
+    # (the probe's optimizer until 2026-12-06, on the same standardized features) fit the noise: 15.2% here.
+    rng = np.random.default_rng(6)
+    train_x, train_y = gaussian_blobs(rng, 1024, num_classes=10, dim=784, spread=0.2)
+    test_x, test_y = gaussian_blobs(rng, 512, num_classes=10, dim=784, spread=0.2)
+    assert linear_probe_accuracy(unit_rows(train_x), train_y, unit_rows(test_x), test_y) > 0.95
+
+
+def test_linear_probe_zeroes_features_constant_over_the_training_set():
+    # Like raw image pixels: 10 classes in 400 dimensions, the last 100 are 0 in every training sample
+    # (background) but not in the test samples. Divided by std + 1e-6 (until 2026-12-06), they were multiplied by
+    # 1e6 into weights the probe never trained and decided the test predictions (10.9% here, chance); as 0 they
+    # leave a separable problem.
+    rng = np.random.default_rng(4)
+    train_x, train_y = gaussian_blobs(rng, 1024, num_classes=10, dim=400)
+    test = gaussian_blobs(rng, 512, num_classes=10, dim=400)
+    train_x[:, 300:] = 0.0
+    assert linear_probe_accuracy(train_x, train_y, *test) == 1.0
+
+
+def test_linear_probe_standardizes_with_the_training_statistics_only():
+    # The test set holds class 1 only. Standardized with the training set's mean and std it sits where class 1
+    # did in training; standardized with its own (computed here, then normalize=False) it is noise around 0 on
+    # every dimension and the probe is right about half the time.
+    rng = np.random.default_rng(5)
+    train_x, train_y = gaussian_blobs(rng, 512, num_classes=2, offset=10.0)
+    test_x, test_y = gaussian_blobs(rng, 512, num_classes=2, offset=10.0)
+    test_x, test_y = test_x[test_y == 1], test_y[test_y == 1]
+    assert linear_probe_accuracy(train_x, train_y, test_x, test_y) == 1.0
+
+    def standardized(x):
+        return (x - x.mean(0)) / x.std(0)
+
+    own = linear_probe_accuracy(standardized(train_x), train_y, standardized(test_x), test_y, normalize=False)
+    assert own < 0.75
+
+
 def test_linear_probe_on_shuffled_labels_is_near_chance():
     rng = np.random.default_rng(2)
     (train_x, train_y), (test_x, test_y) = gaussian_blobs(rng, 1024, num_classes=8), gaussian_blobs(rng, 1024, num_classes=8)
