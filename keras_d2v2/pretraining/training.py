@@ -1,8 +1,10 @@
 """What `Data2Vec2.fit()` adds to Keras' loop: its default callbacks, the up-front checks of
-in-memory inputs, and the epoch wiring of a `ShuffledBatches` dataset."""
+in-memory inputs, the epoch wiring of a `ShuffledBatches` dataset and the checks of a
+`BackupAndRestore` backup before it is resumed."""
 
 import numpy as np
 
+from keras_d2v2.backup_checks import add_backup_checks
 from keras_d2v2.callbacks import EMATeacher, TrainingGuard
 from keras_d2v2.data.shuffled_batches import SetDataEpoch, ShuffledBatches
 
@@ -30,13 +32,17 @@ def check_in_memory_inputs(encoder, x):
             padding = arrays["padding_mask"]
         arrays = arrays.get(encoder.input_name)
     if isinstance(arrays, np.ndarray):
+        if len(arrays) == 0:
+            raise ValueError(f"`x` has no samples (shape {arrays.shape}): `fit()` needs at least one.")
         encoder.check_inputs(arrays, padding_mask=padding)
 
 
 def shuffled_batches_wiring(x, callbacks, fit_kwargs):
     """With `x` a `ShuffledBatches`, each epoch's order is the dataset's own, set as the epoch
     begins, so a run resumed by `BackupAndRestore` replays the same batches: Keras' shuffling is
-    turned off and a `SetDataEpoch` callback added."""
+    turned off and a `SetDataEpoch` callback added. Also puts a `BackupCheck` before each
+    `BackupAndRestore`, so a backup of another model or batch size is refused, not resumed."""
+    add_backup_checks(x, callbacks, fit_kwargs)
     if not isinstance(x, ShuffledBatches):
         return
     if fit_kwargs.get("steps_per_epoch"):
