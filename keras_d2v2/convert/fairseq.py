@@ -6,7 +6,10 @@ and transposes them onto our variables, so Meta's released weights (and the gold
 run in Keras on any backend.
 """
 
+import os
 import pickle
+import zipfile
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -193,6 +196,12 @@ def load_fairseq_weights(model, state_dict, teacher_state_dict=None):
     shape, of a non-float dtype or holding NaN/inf. Every weight is checked before the first is
     assigned, so a refused state dict leaves the model as it was.
     """
+    for name, value in (("state_dict", state_dict), ("teacher_state_dict", teacher_state_dict)):
+        if not isinstance(value, Mapping) and (value is not None or name == "state_dict"):
+            raise ValueError(
+                f"`{name}` must be a mapping of fairseq parameter names to tensors (what "
+                f"`read_fairseq_checkpoint` returns), got {_describe(value)}."
+            )
     teacher = teacher_state_dict if teacher_state_dict is not None else state_dict.get("_ema")
     student = {k: _to_numpy(v) for k, v in state_dict.items() if k != "_ema"}
     student_names, teacher_names = fairseq_weight_names(model)
@@ -231,6 +240,12 @@ _TORCH_GLOBALS = {
 } | {("torch", f"{kind}Storage") for kind in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Byte", "Bool")}
 
 
+_EXPECTED = (
+    "a fairseq data2vec 2.0 checkpoint: a PyTorch file written by `torch.save` holding a dict with the model's "
+    "state dict (parameter names to tensors, the EMA teacher under '_ema') under 'model', or that state dict itself"
+)
+
+
 def read_fairseq_checkpoint(path):
     """Reads a fairseq `.pt` checkpoint without executing any pickled code.
 
@@ -238,14 +253,67 @@ def read_fairseq_checkpoint(path):
     objects, which that refuses; then a restricted unpickler rebuilds tensors and replaces every
     other object by an inert placeholder, never importing or calling anything else. Returns the
     model state dict (the teacher under `"_ema"`).
+
+    Raises a ValueError naming `path` and what was expected when the file is not a PyTorch file
+    (random bytes, a Keras `.keras` archive), or holds something other than a state dict (a list,
+    a dict without one); a FileNotFoundError when there is no such file.
     """
     import torch
 
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No fairseq checkpoint at {path}: there is no such file.")
+    if _is_keras_archive(path):
+        raise ValueError(
+            f"{path} is a Keras `.keras` archive, not {_EXPECTED}. Load it with `keras.saving.load_model`."
+        )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle())
-    return checkpoint["model"] if isinstance(checkpoint, dict) and "model" in checkpoint else checkpoint
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle())
+    except (OSError, MemoryError):
+        raise
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on a foreign file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is not a readable PyTorch file ({reason[:200]}); expected {_EXPECTED}.") from error
+    state = checkpoint["model"] if isinstance(checkpoint, Mapping) and "model" in checkpoint else checkpoint
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{path} holds {_describe(checkpoint)}, not a dict; expected {_EXPECTED}.")
+    problem = _state_dict_problem(state)
+    if problem:
+        where = "its 'model' entry" if state is not checkpoint else "it"
+        raise ValueError(f"{path} holds {_describe(checkpoint)}, but {where} {problem}; expected {_EXPECTED}.")
+    return state
+
+
+def _is_keras_archive(path):
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+    return "metadata.json" in names and bool(names & {"config.json", "model.weights.h5"})
+
+
+def _state_dict_problem(state):
+    """Why `state` is not a state dict (names to tensors, `_ema` a nested one), or None."""
+    if not isinstance(state, Mapping):
+        return f"is {_describe(state)}, not a dict"
+    for key, value in state.items():
+        if not isinstance(key, str):
+            return f"has a key {key!r} that is not a parameter name"
+        if key == "_ema" and isinstance(value, Mapping):
+            continue
+        if not (hasattr(value, "detach") or isinstance(value, np.ndarray)):
+            return f"maps {key!r} to {_describe(value)}, not a tensor"
+    return None
+
+
+def _describe(value):
+    if isinstance(value, Mapping):
+        return f"a dict with keys {sorted(map(str, value))[:6]}{' ...' if len(value) > 6 else ''}"
+    if isinstance(value, _Opaque):
+        return "a pickled object other than a tensor"
+    return f"a value of type {type(value).__name__}"
 
 
 def _restricted_pickle():

@@ -1,6 +1,7 @@
 """In-memory batches whose order depends only on a seed and the epoch, so a resumed run replays it."""
 
 import math
+import numbers
 
 import keras
 import numpy as np
@@ -18,7 +19,7 @@ class ShuffledBatches(keras.utils.PyDataset):
     Args:
         x: a NumPy array, or a dict of arrays with the same first dimension (e.g. `{"images": ...,
             "mask": ...}`, the model's precomputed-mask input).
-        batch_size: samples per batch.
+        batch_size: samples per batch, a positive integer (a Python or NumPy one).
         seed: the seed of every epoch's permutation.
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of `keras.utils.PyDataset`.
 
@@ -36,11 +37,13 @@ class ShuffledBatches(keras.utils.PyDataset):
         self.num_samples = next(iter(sizes.values()))
         if self.num_samples == 0:
             raise ValueError("`x` has no samples.")
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"`seed` must be a non-negative integer (each epoch's permutation's seed), got {seed!r}.")
         self.x = x
-        self.batch_size = batch_size
-        self.seed = seed
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
         self.set_epoch(0)
 
     def set_epoch(self, epoch):
