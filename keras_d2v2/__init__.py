@@ -1,7 +1,14 @@
 """keras_d2v2: data2vec 2.0 self-supervised pre-training for Keras 3 (TensorFlow, JAX, PyTorch)."""
 
 from keras_d2v2 import callbacks, data, layers, optimizers, presets
-from keras_d2v2.callbacks import EMATeacher, KNNMonitor, RepresentationCollapse, TrainingDiverged, TrainingGuard
+from keras_d2v2.callbacks import (
+    EMATeacher,
+    InvalidInputBatch,
+    KNNMonitor,
+    RepresentationCollapse,
+    TrainingDiverged,
+    TrainingGuard,
+)
 from keras_d2v2.data import ShuffledBatches
 from keras_d2v2.layers import (
     ALiBiBias,

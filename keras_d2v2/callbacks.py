@@ -17,6 +17,10 @@ class RepresentationCollapse(RuntimeError):
     """The targets or the predictions lost their variance (the reference's collapse guard)."""
 
 
+class InvalidInputBatch(ValueError):
+    """A streamed batch held values the encoder refuses (`Encoder.check_inputs`), found in-graph."""
+
+
 class EMATeacher(keras.callbacks.Callback):
     """Sets the EMA teacher's decay schedule when training begins and brings the teacher up to date
     when it ends.
@@ -52,7 +56,13 @@ class TrainingGuard(keras.callbacks.Callback):
     """Stops training with an error when the loss is not finite or the representation collapses.
 
     The loss is checked after every batch and every weight (model and optimizer) at the end of
-    every epoch. `Data2Vec2.fit()` runs this callback before all others, so a checkpointing
+    every epoch. Input values the encoder refuses (`Data2Vec2(input_checks=True)`: token ids
+    outside the vocabulary, too-short audio rows), counted inside the step, stop training with an
+    `InvalidInputBatch` (a `ValueError`) naming the batch. With `restore_on_divergence` (the
+    default) the guard keeps a host copy of every model and optimizer variable at the start of
+    `fit()` and at the end of every good epoch (host memory: one copy of the model's and
+    optimizer's state), and `Data2Vec2.fit()` puts it back before raising `TrainingDiverged` or
+    `InvalidInputBatch`, so the model in memory stays usable: its error says which state it holds. `Data2Vec2.fit()` runs this callback before all others, so a checkpointing
     callback after it (e.g. `BackupAndRestore`) never saves a diverged state: the last checkpoint
     on disk is the last good one.
 
@@ -78,17 +88,42 @@ class TrainingGuard(keras.callbacks.Callback):
     # already donated those buffers to the next step.
     async_safe = True
 
-    def __init__(self, *, min_target_std=None, min_pred_std=None, check_after=None):
+    def __init__(self, *, min_target_std=None, min_pred_std=None, check_after=None, restore_on_divergence=True):
         super().__init__()
         self.min_target_std = min_target_std
         self.min_pred_std = min_pred_std
         self.check_after = check_after
+        self.restore_on_divergence = restore_on_divergence
+        self._last_good = None
+
+    def _keep_last_good(self, model, when):
+        """Host copies of every model and optimizer variable: what `restore_last_good` puts back."""
+        if self.restore_on_divergence:
+            variables = model.variables + (list(model.optimizer.variables) if model.optimizer else [])
+            self._last_good = (when, [(v, np.array(keras.ops.convert_to_numpy(v))) for v in variables])
+
+    def restore_last_good(self):
+        """Puts back the weights and optimizer state of the last good point (the start of `fit()` or
+        the end of the last epoch whose weights were all finite); returns a sentence saying which,
+        for the error message. `Data2Vec2.fit()` calls it when training diverges or a batch is refused."""
+        if self._last_good is None:
+            return "The model's weights were left as they are (`restore_on_divergence=False`)."
+        when, values = self._last_good
+        for variable, value in values:
+            variable.assign(value)
+        return f"The model's weights and optimizer state were restored to those at {when}; `fit()` can be called again."
 
     def on_train_begin(self, logs=None):
         model = self.model
         self._step = int(keras.ops.convert_to_numpy(model.num_updates))
         self._epoch_start = self._step
+        self._epoch = 0
         self._trained_model = model
+        encoder = model.encoder
+        self._fault_messages = {
+            name: encoder.input_fault_message for name in getattr(model, "input_fault_trackers", {})
+        }
+        self._keep_last_good(model, f"the start of this `fit()` (update {self._step})")
         self._check_after = model.collapse_check_after if self.check_after is None else self.check_after
         self._min_stds = (
             ("target_std", model.min_target_std if self.min_target_std is None else self.min_target_std),
@@ -97,6 +132,7 @@ class TrainingGuard(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = self._step
+        self._epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):
         # A finite loss does not prove the last update finite, and the epoch's checkpoint callbacks
@@ -112,10 +148,20 @@ class TrainingGuard(keras.callbacks.Callback):
                     f"{self._step}); the epoch's state was not checkpointed. Lower the learning rate, "
                     "clip gradients (`global_clipnorm`), or check the inputs for NaN/inf."
                 )
+        self._keep_last_good(self.model, f"the end of epoch {epoch + 1} (update {self._step})")
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
         self._step = self._epoch_start + batch + 1
+        # Faulty inputs first: they are what makes the loss NaN in the same batch.
+        for name, message in self._fault_messages.items():
+            count = float(logs.get(name, 0.0))
+            if count > 0:
+                self._trained_model.stop_training = True
+                raise InvalidInputBatch(
+                    f"{message(name, int(round(count)))}, by batch {batch + 1} of epoch {self._epoch + 1} (update "
+                    f"{self._step}; counted in-graph, logged as `{name}`)."
+                )
         loss = float(logs.get("loss", 0.0))
         if not math.isfinite(loss):
             self._trained_model.stop_training = True

@@ -231,6 +231,22 @@ class AudioEncoder(Encoder):
                         f"padding), fewer than the receptive field of {field}; drop all-padding or too-short rows."
                     )
 
+    input_fault_names = ("short_audio_rows",)
+
+    def input_faults(self, audio, padding_mask=None):
+        if padding_mask is None:
+            return {"short_audio_rows": ops.zeros((), "float32")}
+        real = ops.sum(1 - ops.cast(padding_mask, "int32"), axis=1)
+        return {"short_audio_rows": ops.sum(ops.cast(ops.less(real, self.receptive_field), "float32"))}
+
+    def input_fault_message(self, name, count):
+        if name != "short_audio_rows":
+            raise KeyError(name)
+        return (
+            f"{count} rows of `audio` have fewer real samples than the receptive field of {self.receptive_field} "
+            "(the rest is padding); drop all-padding or too-short rows"
+        )
+
     def padding_mask(self, audio, padding_mask=None):
         """`(B, T)` bool frame padding (True = padding) from the `(B, samples)` sample padding, or None."""
         if padding_mask is None:

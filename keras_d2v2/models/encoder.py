@@ -183,6 +183,19 @@ class Encoder(SavesRandomState, keras.layers.Layer):
         """Local features `(B, T, D)`: the feature encoder on raw `inputs`."""
         raise NotImplementedError
 
+    # What `check_inputs` checks on values, counted inside a compiled step instead (streamed
+    # inputs, whose values are not known up front): `Data2Vec2` logs each count as a metric of
+    # this name, and `TrainingGuard` turns a count above 0 into `input_fault_message`'s error.
+    input_fault_names = ()
+
+    def input_faults(self, inputs, padding_mask=None):
+        """`{name: float32 count}` of the value faults `check_inputs` would refuse, in-graph."""
+        return {}
+
+    def input_fault_message(self, name, count):
+        """The error for `count` faults of kind `name`, worded as `check_inputs` words it."""
+        raise KeyError(name)
+
     def check_feature_encoder(self, name="encoder"):
         """Raises a ValueError, naming the argument `name`, if this encoder was built without a
         feature encoder (a text or audio EMA teacher) and so cannot embed raw inputs."""

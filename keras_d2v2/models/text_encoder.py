@@ -151,11 +151,26 @@ class TextEncoder(Encoder):
         """`(B, T)` bool, True at padding tokens."""
         return ops.equal(tokens, self.pad_id)
 
+    input_fault_names = ("invalid_token_ids",)
+
+    def input_faults(self, tokens, padding_mask=None):
+        tokens = ops.cast(tokens, "int32")
+        outside = ops.logical_or(ops.less(tokens, 0), ops.greater_equal(tokens, self.vocab_size))
+        return {"invalid_token_ids": ops.sum(ops.cast(outside, "float32"))}
+
+    def input_fault_message(self, name, count):
+        if name != "invalid_token_ids":
+            raise KeyError(name)
+        return f"`tokens` holds {count} ids outside the vocabulary [0, {self.vocab_size})"
+
     def embed(self, tokens, training=None, padding_mask=None):
         """Token + position embeddings, LayerNorm and dropout, `(B, T, D)`: the local features."""
         self.check_feature_encoder("This TextEncoder")
         self.check_inputs(tokens, padding_mask, check_values=not training)
-        tokens = ops.cast(tokens, "int32")
+        # Ids outside the vocabulary, which only a compiled step can reach (`check_inputs` refuses
+        # them elsewhere), are clamped so that the step completes the same way on every backend
+        # and `TrainingGuard` reports them (`input_faults`) instead of a backend's gather error.
+        tokens = ops.clip(ops.cast(tokens, "int32"), 0, self.vocab_size - 1)
         real = ops.cast(ops.not_equal(tokens, self.pad_id), "int32")
         positions = ops.cumsum(real, axis=1) * real + self.pad_id
         keep = ops.cast(real, self.compute_dtype)[..., None]

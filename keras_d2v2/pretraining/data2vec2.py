@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_d2v2.atomic_write import AtomicSaves
+from keras_d2v2.callbacks import InvalidInputBatch, TrainingDiverged
 from keras_d2v2.layers.masking import gather_tokens, mask_info
 from keras_d2v2.layers.pixel_targets import PixelTargets
 from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState
@@ -88,6 +89,12 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
             `collapse_check_after` updates training stops when the target (prediction) std,
             logged as `target_std` (`pred_std`), falls below it; 0 disables a check.
         decay_1d_weights: bool, let `compile()` keep weight decay on 1-D weights (see `compile`).
+        input_checks: bool, count inside the training step the input values `check_inputs` would
+            refuse (token ids outside the vocabulary, audio rows shorter than the receptive field
+            once padding is left out), logged as `invalid_token_ids` / `short_audio_rows`; the
+            `TrainingGuard` stops `fit()` with a `ValueError` at the batch where one appears. This
+            is what protects streamed inputs (`tf.data`, `PyDataset`, a torch `DataLoader`), whose
+            values cannot be checked up front; in-memory arrays are also checked before training.
         seed: int or None, seed of the mask noise, the decoder-input dropout and the MTO token's
             initial value. The builders (`Data2Vec2.image(seed=...)`, `from_preset`) also derive the
             masking, encoder and decoder seeds from their `seed`, so it fixes the initial weights too.
@@ -138,6 +145,7 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
         rank_margin=0.0,
         sparsity_loss_weight=0.0,
         sparsity_blocks="all",
+        input_checks=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -160,6 +168,7 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
         self.min_pred_std = min_pred_std
         self.collapse_check_after = collapse_check_after
         self.decay_1d_weights = decay_1d_weights
+        self.input_checks = bool(input_checks)
         self.seed = seed
         self.seed_generator = ReplicaSeedGenerator(seed)
         # Images have a fixed number of tokens (checked here); text and audio take any length per batch.
@@ -209,6 +218,8 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
         self.pred_std_tracker = LastValue(name="pred_std")
         self.ema_decay_tracker = None if self.teacher is None else LastValue(name="ema_decay")
         self.make_mto_trackers()
+        names = self.encoder.input_fault_names if self.input_checks else ()
+        self.input_fault_trackers = {name: keras.metrics.Sum(name=name) for name in names}
         self.built = True
 
     def _check_pixel_targets(self, cls_loss_weight):
@@ -450,6 +461,9 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
         self.pred_std_tracker.update_state(masked_std(prediction, weights))
         if self.ema_decay_tracker is not None:
             self.ema_decay_tracker.update_state(decay)
+        if self.input_fault_trackers:
+            for name, count in self.encoder.input_faults(source, input_padding).items():
+                self.input_fault_trackers[name].update_state(count)
         return loss
 
     # ---------------------------------------------------------------------------- keras hooks
@@ -469,13 +483,18 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
 
     def fit(self, x=None, *args, callbacks=None, **kwargs):
         """As `keras.Model.fit`; adds `TrainingGuard` (first) and `EMATeacher` with the model's own
-        settings when the caller did not pass them, checks in-memory inputs up front, and with `x`
+        settings when the caller did not pass them, checks in-memory inputs up front, puts back
+        the guard's last good state when training diverges or a batch is refused, and with `x`
         a `keras_d2v2.data.ShuffledBatches` takes each epoch's order from the dataset, so a run
         resumed by `BackupAndRestore` replays the same batches (`pretraining/training.py`)."""
         callbacks = training.with_default_callbacks(callbacks)
         training.check_in_memory_inputs(self.encoder, x)
         training.shuffled_batches_wiring(x, callbacks, kwargs)
-        return super().fit(x, *args, callbacks=callbacks, **kwargs)
+        try:
+            return super().fit(x, *args, callbacks=callbacks, **kwargs)
+        except (TrainingDiverged, InvalidInputBatch) as error:
+            restored = callbacks[0].restore_last_good()
+            raise type(error)(f"{error} {restored}") from error
 
     @classmethod
     def get_layout_map(cls, device_mesh, *, modality="image", model_dim="model"):
@@ -516,6 +535,7 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
             min_pred_std=self.min_pred_std,
             collapse_check_after=self.collapse_check_after,
             decay_1d_weights=self.decay_1d_weights,
+            input_checks=self.input_checks,
             seed=self.seed,
             **self.mto_config(),
         )
