@@ -208,3 +208,17 @@ def test_input_checks_can_be_switched_off_and_are_saved():
     assert model.input_fault_trackers == {} and not model.get_config()["input_checks"]
     assert Data2Vec2.from_config(text_model().get_config()).input_checks
     assert isinstance(keras_d2v2.InvalidInputBatch("x"), ValueError)
+
+
+@pytest.mark.parametrize("pipeline", ["tf.data", "torch DataLoader"])
+def test_every_streamed_pipeline_gets_the_check(pipeline):
+    tokens = np.random.default_rng(0).integers(4, 100, size=(6, 16)).astype("int32")
+    tokens[5, 0] = 100
+    if pipeline == "tf.data":
+        tf = pytest.importorskip("tensorflow")
+        data = tf.data.Dataset.from_tensor_slices(tokens).batch(2)
+    else:
+        torch = pytest.importorskip("torch")
+        data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(tokens)), batch_size=2)
+    with pytest.raises(InvalidInputBatch, match="by batch 3 of epoch 1"):
+        text_model().fit(data, epochs=1, verbose=0)
