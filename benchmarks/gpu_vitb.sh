@@ -2,7 +2,8 @@
 # The GPU measurements of docs/benchmarks.md: bf16 matmul peak, then the ViT-B (`vitb`) fit() step
 # on JAX and PyTorch. Run from the repository root with keras importable (python3 = the GPU python):
 #   OUT=/tmp/out bash benchmarks/gpu_vitb.sh [batch] [extra runs: "f32"]
-# Writes $OUT/results.jsonl (one JSON line per run) and $OUT/log.txt (everything, profiles included).
+# Writes $OUT/results.jsonl (one JSON line per run, appended by train_step.py --output atomically, so a
+# run killed by its timeout never leaves a cut line) and $OUT/log.txt (everything, profiles included).
 set -u
 BATCH=${1:-64}
 EXTRA=${2:-}
@@ -15,7 +16,7 @@ B=benchmarks/train_step.py
 run() {  # run TIMEOUT ARGS...: one benchmark process; its JSON line goes to $R, everything to $L
   local limit=$1; shift
   echo "=== $(date +%T) python3 $B $*" | tee -a "$L"
-  timeout "$limit" python3 "$B" "$@" 2>&1 | tee -a "$L" | grep '^{' | tee -a "$R"
+  timeout "$limit" python3 "$B" "$@" --output "$R" 2>&1 | tee -a "$L" | grep '^{'
 }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,memory.total --format=csv | tee -a "$L"
 python3 -c "import jax, torch, keras; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__, 'keras', keras.__version__)" 2>&1 | tail -1 | tee -a "$L"

@@ -10,7 +10,8 @@ there. Run once per backend:
     for b in jax tensorflow torch; do KERAS_BACKEND=$b .venv/bin/python benchmarks/grouped_conv.py; done
 
 Prints one JSON line per implementation: median ms of `--runs` timed runs after one warm-up, and the
-ratio to native in the same run. Shapes default to the `tiny` preset's decoder at batch 256 x 4 clones.
+ratio to native in the same run; `--output FILE` also appends them to FILE, atomically (rewritten
+beside itself and moved into place: a killed run leaves FILE as it was). Shapes default to the `tiny` preset's decoder at batch 256 x 4 clones.
 """
 
 import argparse
@@ -21,6 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_d2v2.atomic_write import append_atomically
 from keras_d2v2.layers.grouped_conv import grouped_conv2d_matmul, grouped_conv2d_per_group
 
 
@@ -72,6 +74,7 @@ def main():
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--kernel", type=int, default=3)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--output", default=None, help="also append the JSON lines to this file, atomically")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     padded = args.side + args.kernel - 1
@@ -92,9 +95,15 @@ def main():
             run(inputs, k)
             times.append(time.perf_counter() - start)
         results[name] = 1000 * float(np.median(times))
-    for name, ms in results.items():
-        print(json.dumps({"backend": keras.backend.backend(), "impl": name, "fwd_bwd_ms": round(ms, 1),
-                          "vs_native": round(ms / results["native"], 3), **vars(args)}))
+    settings = {key: value for key, value in vars(args).items() if key != "output"}
+    lines = "".join(
+        json.dumps({"backend": keras.backend.backend(), "impl": name, "fwd_bwd_ms": round(ms, 1),
+                    "vs_native": round(ms / results["native"], 3), **settings}) + "\n"
+        for name, ms in results.items()
+    )
+    print(lines, end="")
+    if args.output:
+        append_atomically(args.output, lines)
 
 
 if __name__ == "__main__":

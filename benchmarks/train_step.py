@@ -26,7 +26,9 @@ check altogether.
     python3 benchmarks/train_step.py --backend jax --config vitb --dtype bfloat16 --batch-size 64 \
         --peak-tflops 777.6 --profile 5
 
-Prints one JSON line per run (`--measure-peak`: one line with `peak_tflops`). With `--profile N`
+Prints one JSON line per run (`--measure-peak`: one line with `peak_tflops`); `--output FILE` also
+appends it to FILE, atomically (the file is rewritten beside itself and moved into place, so a run
+killed while writing leaves FILE as it was, never with a cut line). With `--profile N`
 it then runs N more steps under the backend's profiler and prints a table of device time by
 kernel/op and by category (matmul, attention, convolution, elementwise fusions, ...).
 
@@ -173,7 +175,18 @@ def use_decoder_conv(model, name):
     model.decoder.conv_impl = name
 
 
-def check_decoder_convs():
+def emit(record, output=None):
+    """Prints `record` as one JSON line and, with `output`, appends that line to the file `output`
+    atomically (`keras_d2v2.atomic_write.append_atomically`)."""
+    line = json.dumps(record)
+    print(line, flush=True)
+    if output:
+        from keras_d2v2.atomic_write import append_atomically
+
+        append_atomically(output, line + "\n")
+
+
+def check_decoder_convs(output=None):
     """Max abs difference of each DECODER_CONVS entry (that runs on this backend) to `ops.conv`."""
     from keras import ops
 
@@ -185,7 +198,7 @@ def check_decoder_convs():
         if name.startswith("torch") and backend_name() != "torch":
             continue
         got = ops.convert_to_numpy(fn(ops.convert_to_tensor(x), ops.convert_to_tensor(kernel), 4))
-        print(json.dumps({"check": name, "backend": backend_name(), "max_abs_diff": float(np.max(np.abs(got - reference)))}))
+        emit({"check": name, "backend": backend_name(), "max_abs_diff": float(np.max(np.abs(got - reference)))}, output)
 
 
 # ----------------------------------------------------------------------------------------- configs
@@ -588,7 +601,7 @@ def run_bench(args):
         "backend_version": backend_version(),
         "python": platform.python_version(),
     }
-    print(json.dumps(result), flush=True)
+    emit(result, args.output)
     if args.profile:
         profile(model, batch, args)
     return result
@@ -746,6 +759,8 @@ def parse_args(argv=None):
     parser.add_argument("--allow-tf-import", action="store_true",
                         help="jax/torch: let Keras import TensorFlow if installed (blocked by default)")
     parser.add_argument("--profile", type=int, default=0, help="after timing, profile this many more steps")
+    parser.add_argument("--output", default=None,
+                        help="also append the JSON line(s) to this file, atomically (never a cut line)")
     return parser.parse_args(argv)
 
 
@@ -761,10 +776,10 @@ def main(argv=None):
         sys.modules.setdefault("tensorflow", None)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if args.measure_peak:
-        print(json.dumps(measure_peak(args)), flush=True)
+        emit(measure_peak(args), args.output)
         return
     if args.check_decoder_conv:
-        check_decoder_convs()
+        check_decoder_convs(args.output)
         return
     if args.cudnn_benchmark and args.backend != "torch":
         raise SystemExit("--cudnn-benchmark is a PyTorch setting")

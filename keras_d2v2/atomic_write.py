@@ -27,11 +27,41 @@ def replaced_atomically(path):
     os.close(fd)
     try:
         yield tmp
+        # mkstemp makes the file private (0600); give it the mode the target has, or that `open` would give.
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def append_atomically(path, text):
+    """Appends `text` (e.g. one JSON line) to the file `path` by writing the old content and `text`
+    to a temporary file beside it and moving that into place: a writer that fails or is killed
+    leaves the file as it was, never with a cut line. Rewrites the whole file, so it suits result
+    logs of up to a few megabytes, not large ones."""
+    old = b""
+    if os.path.exists(path):
+        with open(path, "rb") as file:
+            old = file.read()
+    with replaced_atomically(path) as tmp:
+        with open(tmp, "wb") as file:
+            file.write(old + text.encode("utf-8"))
+
+
+def _umask():
+    """The process's umask, read without changing it where Linux tells it (`os.umask` sets it)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class AtomicSaves:

@@ -86,7 +86,8 @@ def save_model(model, path, *, tokenizer=None):
     """Saves `model` to `path` (a `.keras` file), making its folder, and prints where; no-op if `path` is "".
 
     A `tokenizer` is saved beside the model, in `<path without .keras>_tokenizer/`, where the
-    fine-tuning recipes look for it.
+    fine-tuning recipes look for it. Both are written under temporary names and moved into place
+    (`keras_d2v2.atomic_write`), so a save that fails leaves an earlier run's files loadable.
     """
     if not path:
         return

@@ -161,14 +161,18 @@ def test_mto_efficiency_smoke_resumes_after_a_kill(tmp_path):
     keras.backend.backend() != "torch" and not os.environ.get("KERAS_D2V2_RECIPES_ON_EVERY_BACKEND"),
     reason="runs on PyTorch, to keep CI short (KERAS_D2V2_RECIPES_ON_EVERY_BACKEND=1 runs it on this backend)",
 )
-def test_train_step_benchmark_on_the_active_backend():
+def test_train_step_benchmark_on_the_active_backend(tmp_path):
     backend = keras.backend.backend()
+    results = tmp_path / "results.jsonl"
+    results.write_text('{"earlier": "run"}\n')
     result = run_python(
-        [str(REPO / "benchmarks" / "train_step.py"), "--backend", backend, "--config", "tiny", "--steps", "3", "--warmup", "1"],
+        [str(REPO / "benchmarks" / "train_step.py"), "--backend", backend, "--config", "tiny", "--steps", "3", "--warmup", "1",
+         "--output", str(results)],
         env=dict(os.environ, KERAS_BACKEND=backend),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert results.read_text() == '{"earlier": "run"}\n' + line + "\n"  # appended by replacing the file
     row = json.loads(line)
     assert (row["backend"], row["config"], row["batch"], row["timed_steps"]) == (backend, "tiny", 8, 3)
     # Keras reads the guard's loss on a callback thread where it can (JAX, PyTorch); the figure is

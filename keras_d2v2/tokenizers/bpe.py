@@ -15,10 +15,13 @@ tokens are removed, but the reference's vocabulary has it). A sequence is encode
 does: `<s> tokens </s>`, padded with `<pad>`, which is `TextEncoder`'s `pad_id`.
 """
 
+import contextlib
 import json
 import os
 
 import numpy as np
+
+from keras_d2v2.atomic_write import replaced_atomically
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = range(4)
@@ -233,14 +236,24 @@ class ByteLevelBPETokenizer:
         )
 
     def save(self, directory):
-        """Writes `vocab.json`, `merges.txt` (RoBERTa format) and `tokenizer_config.json` to `directory`."""
+        """Writes `vocab.json`, `merges.txt` (RoBERTa format) and `tokenizer_config.json` to `directory`.
+
+        Each file is written whole under a temporary name beside its target, and the three are moved
+        into place with `os.replace` only once all are written (`tokenizer_config.json` last), so a
+        save that fails (a full disk, a killed process) leaves a tokenizer saved there before whole
+        and loadable. A killed writer can leave its temporary files (`.vocab.json.*`) behind.
+        """
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, VOCAB_FILE), "w", encoding="utf-8") as file:
-            json.dump(self.vocabulary, file, ensure_ascii=False)
-        with open(os.path.join(directory, MERGES_FILE), "w", encoding="utf-8") as file:
-            file.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self.merges))
-        with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as file:
-            json.dump(self.get_config(), file, indent=1)
+        contents = {  # replaced in the reverse order: the config, which `load` looks for, last
+            CONFIG_FILE: json.dumps(self.get_config(), indent=1),
+            VOCAB_FILE: json.dumps(self.vocabulary, ensure_ascii=False),
+            MERGES_FILE: "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self.merges),
+        }
+        with contextlib.ExitStack() as stack:
+            for name, text in contents.items():
+                tmp = stack.enter_context(replaced_atomically(os.path.join(directory, name)))
+                with open(tmp, "w", encoding="utf-8") as file:
+                    file.write(text)
 
     def get_config(self):
         """The settings besides the vocabulary and merges (what `tokenizer_config.json` holds)."""
