@@ -2,8 +2,10 @@
 the problem; never a backend error."""
 
 import functools
+import numbers
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -14,8 +16,10 @@ from keras_d2v2 import (
     Data2Vec2,
     InverseBlockMasking,
     RandomMasking,
+    ShuffledBatches,
     TransformerBlock,
 )
+from keras_d2v2.convert import read_fairseq_checkpoint
 
 # Derandomized: CI runs the same examples every time; explicit @example()s pin cases found before.
 FUZZ = settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -140,6 +144,46 @@ def test_conv_decoder_1d_works_or_names_the_problem(length, dim, kernel):
         assert "`groups` (4) must divide the token dimension (6)" in str(error), str(error)
         return
     assert tuple(out.shape) == (2, length, dim)
+
+
+@FUZZ
+@given(
+    batch_size=st.one_of(st.integers(-2, 12), st.integers(1, 12).map(np.int64), st.floats(0, 12), st.booleans(),
+                         st.just([4]), st.text(max_size=2), st.none()),
+    seed=st.one_of(st.integers(-1, 3), st.integers(0, 3).map(np.uint8), st.floats(0, 3), st.text(max_size=2)),
+)
+@example(batch_size=np.int64(4), seed=0)
+def test_shuffled_batches_work_or_name_the_argument(batch_size, seed):
+    def integer(value, least):
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+
+    try:
+        data = ShuffledBatches(np.arange(10, dtype="float32"), batch_size=batch_size, seed=seed)
+    except ValueError as error:
+        if not integer(batch_size, 1):
+            assert f"`batch_size` must be a positive integer, got {batch_size!r}" in str(error)
+        else:
+            assert not integer(seed, 0) and "`seed` must be a non-negative integer" in str(error)
+        return
+    assert integer(batch_size, 1) and integer(seed, 0)
+    (batch,) = data[0]
+    assert len(data) == -(-10 // int(batch_size)) and len(batch) == min(10, int(batch_size))
+
+
+@FUZZ
+@given(content=st.binary(max_size=300))
+@example(content=b"")
+@example(content=b"N.")  # a pickle of None
+def test_any_bytes_read_as_a_checkpoint_name_the_file(tmp_path, content):
+    pytest.importorskip("torch")
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(content)
+    try:
+        read_fairseq_checkpoint(path)
+    except ValueError as error:
+        assert str(path) in str(error) and "expected a fairseq data2vec 2.0 checkpoint" in str(error), str(error)
+        return
+    raise AssertionError(f"{content!r} was read as a checkpoint")
 
 
 @functools.cache
