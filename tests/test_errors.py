@@ -161,3 +161,13 @@ def test_resuming_with_another_batch_size_is_refused_and_with_the_same_proceeds(
     history = model.fit(ShuffledBatches(x, batch_size=2), epochs=2, verbose=0,
                         callbacks=[keras.callbacks.BackupAndRestore(backup)])
     assert len(history.history["loss"]) == 1  # resumed after the backed-up epoch
+
+
+@pytest.mark.parametrize("wrap", [list, tuple])
+def test_fit_on_a_list_of_arrays_says_to_pass_one(wrap):
+    model = Data2Vec2.image("tiny_test", seed=0)
+    model.compile(optimizer="adamw")
+    x = np.zeros((2, 32, 32, 3), "float32")
+    with pytest.raises(ValueError, match=rf"`images` must be one array \(a batch\), got a {wrap.__name__} of 2 \(ndarray\); "
+                       "stack the samples into one array"):
+        model.fit(wrap([x, x]), verbose=0)

@@ -4,6 +4,7 @@ in-memory inputs, the epoch wiring of a `ShuffledBatches` dataset and the checks
 
 import numpy as np
 
+from keras_d2v2.array_inputs import refuse_sequence_inputs
 from keras_d2v2.backup_checks import add_backup_checks
 from keras_d2v2.callbacks import EMATeacher, TrainingGuard
 from keras_d2v2.data.shuffled_batches import SetDataEpoch, ShuffledBatches
@@ -24,7 +25,9 @@ def with_default_callbacks(callbacks):
 def check_in_memory_inputs(encoder, x):
     """Checks NumPy inputs (or those of a `ShuffledBatches`) with `encoder.check_inputs`. Compiled
     steps cannot raise on values (e.g. token ids outside the vocabulary, which JAX would silently
-    clamp), so in-memory data is checked once, up front."""
+    clamp), so in-memory data is checked once, up front. A list or tuple of arrays (Keras' form for a
+    model of several inputs) is refused."""
+    refuse_sequence_inputs(x, encoder.input_name)
     arrays = x.x if isinstance(x, ShuffledBatches) else x
     padding = None
     if isinstance(arrays, dict):
