@@ -98,15 +98,17 @@ class TrainingGuard(keras.callbacks.Callback):
 
     def _keep_last_good(self, model, when):
         """Host copies of every model and optimizer variable: what `restore_last_good` puts back."""
+        values = []
         if self.restore_on_divergence:
             variables = model.variables + (list(model.optimizer.variables) if model.optimizer else [])
-            self._last_good = (when, [(v, np.array(keras.ops.convert_to_numpy(v))) for v in variables])
+            values = [(v, np.array(keras.ops.convert_to_numpy(v))) for v in variables]
+        self._last_good = (when, values)
 
     def restore_last_good(self):
         """Puts back the weights and optimizer state of the last good point (the start of `fit()` or
         the end of the last epoch whose weights were all finite); returns a sentence saying which,
         for the error message. `Data2Vec2.fit()` calls it when training diverges or a batch is refused."""
-        if self._last_good is None:
+        if not self.restore_on_divergence or self._last_good is None:
             return "The model's weights were left as they are (`restore_on_divergence=False`)."
         when, values = self._last_good
         for variable, value in values:
@@ -123,7 +125,7 @@ class TrainingGuard(keras.callbacks.Callback):
         self._fault_messages = {
             name: encoder.input_fault_message for name in getattr(model, "input_fault_trackers", {})
         }
-        self._keep_last_good(model, f"the start of this `fit()` (update {self._step})")
+        self._last_good = None
         self._check_after = model.collapse_check_after if self.check_after is None else self.check_after
         self._min_stds = (
             ("target_std", model.min_target_std if self.min_target_std is None else self.min_target_std),
@@ -131,6 +133,11 @@ class TrainingGuard(keras.callbacks.Callback):
         )
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._last_good is None:
+            # The start of training is taken here, not in `on_train_begin`: callbacks after the
+            # guard (`BackupAndRestore`) may load another state there.
+            self._step = int(keras.ops.convert_to_numpy(self.model.num_updates))
+            self._keep_last_good(self.model, f"the start of this `fit()` (update {self._step})")
         self._epoch_start = self._step
         self._epoch = epoch
 

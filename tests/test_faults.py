@@ -59,6 +59,14 @@ def test_divergence_keeps_the_last_good_checkpoint_and_resumes_from_it(tmp_path)
     # In memory too, the model is back at the end of epoch 1: weights, optimizer, EMA and seed states.
     for a, b in zip(recorder.states[0], state(faulted)):
         np.testing.assert_array_equal(a, b)
+    # A run resumed from that backup that diverges again is put back to the backup's state, not
+    # to the fresh model it started as.
+    again = tiny()
+    with pytest.raises(TrainingDiverged, match=r"restored to those at the start of this `fit\(\)` \(update 3\)"):
+        again.fit(NaNInSecondEpoch(images(), batch_size=2, seed=0), epochs=2, verbose=0,
+                  callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
+    for a, b in zip(recorder.states[0], state(again)):
+        np.testing.assert_array_equal(a, b)
     # ... and a second fit on clean data goes on from there as if nothing had happened.
     faulted.fit(ShuffledBatches(images(), batch_size=2, seed=0), initial_epoch=1, epochs=2, verbose=0)
     for a, b in zip(state(clean), state(faulted)):
