@@ -14,6 +14,7 @@ from keras_d2v2 import (
     ConvPositionalEncoding,
     Data2Vec2,
     EMATeacher,
+    ImageClassifier,
     ImageEncoder,
     InverseBlockMasking,
     ShuffledBatches,
@@ -171,3 +172,33 @@ def test_fit_on_a_list_of_arrays_says_to_pass_one(wrap):
     with pytest.raises(ValueError, match=rf"`images` must be one array \(a batch\), got a {wrap.__name__} of 2 \(ndarray\); "
                        "stack the samples into one array"):
         model.fit(wrap([x, x]), verbose=0)
+
+
+@pytest.mark.parametrize("build", [Data2Vec2.image, Data2Vec2.text, Data2Vec2.audio], ids=["image", "text", "audio"])
+@pytest.mark.parametrize("seed", ["abc", 1.5, True])
+def test_a_seed_that_is_not_an_integer_is_named(build, seed):
+    with pytest.raises(ValueError, match=f"`seed` must be an integer or None, got {seed!r}"):
+        build("tiny_test", seed=seed)
+    assert Data2Vec2.image("tiny_test", seed=np.int64(3)).seed is not None
+
+
+def test_a_list_of_arrays_to_the_encoder_or_the_model_is_refused_with_what_to_pass_instead():
+    model = Data2Vec2.image("tiny_test", seed=0)
+    x = np.zeros((2, 32, 32, 3), "float32")
+    expected = r"`images` must be one array \(a batch\), got a (list|tuple) of 2 .*stack the samples into one array"
+    with pytest.raises(ValueError, match=expected):
+        model.encoder([x, x])
+    with pytest.raises(ValueError, match=expected):
+        model([x, x])
+    with pytest.raises(ValueError, match=expected):
+        ImageClassifier(encoder=model.export_encoder(), num_classes=3)([x, x])
+
+
+def test_evaluate_before_compile_says_to_compile_first():
+    model = Data2Vec2.image("tiny_test", seed=0)
+    x = np.zeros((2, 32, 32, 3), "float32")
+    with pytest.raises(ValueError, match=r"You must call `compile\(\)` before using the model"):
+        model.evaluate(x, verbose=0)
+    classifier = ImageClassifier(encoder=model.export_encoder(), num_classes=3)
+    with pytest.raises(ValueError, match=r"You must call `compile\(\)` before using the model"):
+        classifier.evaluate(x, np.zeros(2, "int32"), verbose=0)

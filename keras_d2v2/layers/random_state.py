@@ -1,6 +1,7 @@
 """Random-number state: initial weights fixed by a layer's seed, generator states saved with the
 weights, and draws distinct per data-parallel replica."""
 
+import numbers
 import zlib
 
 import keras
@@ -23,6 +24,8 @@ def derived_seed(seed, name):
     """
     if seed is None:
         return None
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise ValueError(f"`seed` must be an integer or None, got {seed!r}.")
     return zlib.crc32(f"{int(seed)}/{name}".encode()) & 0x7FFFFFFF
 
 

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_d2v2.array_inputs import refuse_sequence_inputs
 from keras_d2v2.layers.attention_bias import padding_attention_bias
 from keras_d2v2.layers.random_state import ReplicaSeedGenerator, SavesRandomState, derived_seed
 from keras_d2v2.layers.transformer_block import TransformerBlock
@@ -277,6 +278,10 @@ class Encoder(SavesRandomState, keras.layers.Layer):
     def prepend_extra_tokens(self, x):
         """`x` with the encoder's extra tokens (CLS) in front; none by default."""
         return x
+
+    def __call__(self, inputs, *args, **kwargs):
+        refuse_sequence_inputs(inputs, self.input_name)
+        return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, training=None, padding_mask=None):
         """The hidden states `(B, num_extra_tokens + T, D)` of every token of `inputs`."""

@@ -65,6 +65,13 @@ class EncoderClassifier(AtomicSaves, keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
         exclude_1d_weights_from_weight_decay(self.optimizer, self.trainable_variables)
 
+    def evaluate(self, *args, **kwargs):
+        """As `keras.Model.evaluate`; without `compile()` it raises the ValueError Keras raises on
+        JAX and TensorFlow (Keras' PyTorch trainer does not check, and fails on the missing optimizer)."""
+        if not self.compiled:
+            raise ValueError("You must call `compile()` before using the model.")
+        return super().evaluate(*args, **kwargs)
+
     def build_from_config(self, config):
         # Every weight is created in __init__; tracing `call` on the saved input shape (Keras'
         # default) would fail for integer token ids.

@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from keras_d2v2.array_inputs import refuse_sequence_inputs
 from keras_d2v2.atomic_write import AtomicSaves
 from keras_d2v2.callbacks import InvalidInputBatch, TrainingDiverged
 from keras_d2v2.layers.masking import gather_tokens, mask_info
@@ -341,6 +342,7 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
 
     def _unpack(self, inputs):
         """`(source, mask, mask_noise, padding_mask)` from an input array or dict."""
+        refuse_sequence_inputs(inputs, self.encoder.input_name)
         if isinstance(inputs, dict):
             name = self.encoder.input_name
             keys = [name, "mask", "mask_noise", *self.encoder.extra_input_keys]
@@ -495,6 +497,13 @@ class Data2Vec2(MaskedTokenOptimization, AtomicSaves, SavesRandomState, keras.Mo
         except (TrainingDiverged, InvalidInputBatch) as error:
             restored = callbacks[0].restore_last_good()
             raise type(error)(f"{error} {restored}") from error
+
+    def evaluate(self, *args, **kwargs):
+        """As `keras.Model.evaluate`; without `compile()` it raises the ValueError Keras raises on
+        JAX and TensorFlow (Keras' PyTorch trainer does not check, and fails on the missing optimizer)."""
+        if not self.compiled:
+            raise ValueError("You must call `compile()` before using the model.")
+        return super().evaluate(*args, **kwargs)
 
     @classmethod
     def get_layout_map(cls, device_mesh, *, modality="image", model_dim="model"):
