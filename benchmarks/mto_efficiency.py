@@ -113,7 +113,7 @@ SETTINGS = {
                   probe_epochs=5, final_bank=512, finetune_labels=128, finetune_epochs=1, finetune_batch_size=64,
                   finetune_learning_rate=1e-3, seeds="0", variants="d2v2_tdec,d2v2_tdec+mto"),
     "quick_2026_11": dict(train_images=5120, epochs=3, baseline_factor=1, batch_size=256, probe_bank=5000,
-                          probe_test=2000, probe_epochs=100, final_bank=None, finetune_labels=0, **FINETUNE,
+                          probe_test=2000, probe_epochs=100, final_bank=0, finetune_labels=0, **FINETUNE,
                           seeds="0,1,2", variants="visible_only,visible_only+mto,full_sequence,full_sequence+mto"),
 }
 METRICS = ("knn", "linear")
@@ -244,12 +244,13 @@ def build_model(name, kwargs, seed, steps, steps_per_epoch, args):
 
 def final_stage(model, seed, data, args):
     """Final probes with the full bank and fine-tuning on the first `finetune_labels` labels."""
-    if not args.final_bank and not args.finetune_labels:
+    # final_bank None means the whole training set; 0 turns the final probes off.
+    if args.final_bank == 0 and not args.finetune_labels:
         return None
     (x_train, y_train), test = data["train"], data["test"]
     start = time.perf_counter()
     final = {}
-    if args.final_bank:
+    if args.final_bank != 0:
         bank = (x_train[: args.final_bank], y_train[: args.final_bank])
         final["knn"], final["linear"], _ = probe(model.encoder, bank, test, seed, args.probe_epochs)
     if args.finetune_labels:

@@ -181,3 +181,16 @@ def test_train_step_benchmark_on_the_active_backend(tmp_path):
     assert row["samples_per_s"] == pytest.approx(8000 / row["step_ms"], rel=0.01)
     assert math.isfinite(row["loss"]) and row["model_tflops_per_step"] > 0
     assert 0 < row["state_mem_gib"] < row["peak_mem_gib"] and row["peak_mem_mib_per_sample"] > 0
+
+
+def test_the_final_stage_probes_with_the_whole_bank_when_final_bank_is_none(monkeypatch):
+    bench = load_benchmark()
+    banks = []
+    monkeypatch.setattr(bench, "probe", lambda encoder, bank, test, seed, epochs: banks.append(len(bank[0])) or (0.5, 0.6, 1.0))
+    data = {"train": (np.zeros((7, 2)), np.zeros(7, int)), "test": (np.zeros((3, 2)), np.zeros(3, int))}
+    model = type("Model", (), {"encoder": None})()
+    full = bench.parse_args([])
+    full.finetune_labels = 0
+    final = bench.final_stage(model, 0, data, full)
+    assert banks == [7] and (final["knn"], final["linear"]) == (0.5, 0.6)
+    assert bench.final_stage(model, 0, data, bench.parse_args(["--setting", "quick_2026_11"])) is None
